@@ -12,6 +12,7 @@ pub mod alloc;
 pub mod block;
 pub mod bloom;
 pub mod btree;
+pub mod btree_block;
 pub mod hash;
 pub mod items;
 pub mod key;
