@@ -13,6 +13,7 @@ pub mod block;
 pub mod bloom;
 pub mod btree;
 pub mod btree_block;
+pub mod fuzzing;
 pub mod hash;
 pub mod items;
 pub mod key;
