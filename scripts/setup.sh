@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the system packages the demo and the tests use, when missing.
+# Safe to run repeatedly; needs root (or sudo) only when something is missing.
+set -euo pipefail
+
+need=()
+command -v zstd >/dev/null || need+=(zstd)
+command -v losetup >/dev/null || need+=(util-linux)
+command -v python3 >/dev/null || need+=(python3)
+
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get -o DPkg::Lock::Timeout=600 update -q
+  $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -q "${need[@]}"
+fi
+
+command -v cargo >/dev/null || { echo "setup: cargo is required (rustup)" >&2; exit 1; }
+rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run). Installs what it needs, then
+# runs formatting, lints and the test suites.
+#
+#   scripts/test.sh            default suite (CI): well under 45 minutes on 2 cores
+#   scripts/test.sh --long     also the long runs: more property-test operations,
+#                              more hostile-input rounds, and cargo-fuzz if present
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+long=0
+for arg in "$@"; do
+  case "$arg" in
+    --long) long=1 ;;
+    *) echo "usage: $0 [--long]" >&2; exit 64 ;;
+  esac
+done
+
+scripts/setup.sh
+
+export CARGO_TERM_COLOR=never
+if [ "$long" = 1 ]; then
+  export SCOUTFS_PROPTEST_OPS=${SCOUTFS_PROPTEST_OPS:-2000000}
+  export SCOUTFS_FUZZ_ROUNDS=${SCOUTFS_FUZZ_ROUNDS:-200000}
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
+
+if [ "$long" = 1 ] && command -v cargo-fuzz >/dev/null; then
+  echo "== cargo fuzz (60 s a target)"
+  for t in btree_block fixed_structs list_bloom_srch_blocks; do
+    (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$t" -- -max_total_time=60)
+  done
+fi
+echo "== all tests passed"
