@@ -33,7 +33,7 @@ cargo test --workspace --locked
 
 if [ "$long" = 1 ] && command -v cargo-fuzz >/dev/null; then
   echo "== cargo fuzz (60 s a target)"
-  for t in btree_block fixed_structs list_bloom_srch_blocks; do
+  for t in btree_block fixed_structs list_bloom_srch_blocks net_messages; do
     (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$t" -- -max_total_time=60)
   done
 fi

@@ -34,6 +34,7 @@ fn random_and_mutated_blocks_never_panic() {
         fuzzing::btree_block(&noise);
         fuzzing::fixed_structs(&noise);
         fuzzing::list_bloom_srch_blocks(&noise);
+        fuzzing::net_messages(&noise[..noise.len().min(32 + 1100)]);
 
         let mut leaf = valid_leaf(&mut rng);
         for _ in 0..rng.gen_range(1..8) {
@@ -44,5 +45,34 @@ fn random_and_mutated_blocks_never_panic() {
         let cut = rng.gen_range(0..leaf.len());
         fuzzing::fixed_structs(&leaf[..cut]);
         fuzzing::list_bloom_srch_blocks(&leaf[..cut]);
+        fuzzing::net_messages(&leaf[..cut.min(32 + 1100)]);
+    }
+}
+
+#[test]
+fn mutated_net_frames_never_panic() {
+    use engine::format::net::{encode_frame, NetHeader};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(0x4e7);
+    for _ in 0..rounds() {
+        let hdr = NetHeader {
+            seq: rng.gen_range(0..3).into(),
+            recv_seq: rng.gen::<u64>().into(),
+            id: rng.gen_range(0..3).into(),
+            data_len: 0.into(),
+            cmd: rng.gen_range(0..22),
+            flags: rng.gen_range(0..3),
+            error: rng.gen_range(0..8),
+            pad: [0; 3],
+        };
+        let mut data = vec![0u8; rng.gen_range(0..1100)];
+        rng.fill_bytes(&mut data);
+        let mut frame = encode_frame(&hdr, &data);
+        if rng.gen_bool(0.5) {
+            let at = rng.gen_range(0..frame.len());
+            frame[at] ^= rng.gen::<u8>() | 1;
+        }
+        let cut = rng.gen_range(0..=frame.len());
+        fuzzing::net_messages(&frame[..cut]);
+        fuzzing::net_messages(&frame);
     }
 }

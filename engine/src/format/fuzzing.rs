@@ -83,3 +83,13 @@ pub fn list_bloom_srch_blocks(data: &[u8]) {
         }
     }
 }
+
+/// TCP frames and UDP election datagrams.
+pub fn net_messages(data: &[u8]) {
+    if let Ok(frame) = super::net::decode_frame(data) {
+        let _ = read_struct::<super::net::NetLock>(frame.data);
+        let _ = read_struct::<super::net::NetGreeting>(frame.data);
+    }
+    let fsid = data.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let _ = super::net::decode_quorum_message(data, fsid);
+}

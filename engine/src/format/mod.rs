@@ -18,6 +18,7 @@ pub mod hash;
 pub mod items;
 pub mod key;
 pub mod log_trees;
+pub mod net;
 pub mod quorum;
 pub mod srch;
 pub mod superblock;
