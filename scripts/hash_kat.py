@@ -3,7 +3,7 @@
 description (not from our Rust code), that prints the known-answer table
 checked into engine/tests/hash_kat.rs.  Rerun it to regenerate that table:
 
-    python3 scripts/hash_kat.py > engine/tests/hash_kat_table.rs
+    python3 scripts/hash_kat.py > engine/tests/data/hash_kat_table.rs
 """
 import struct
 

@@ -8,7 +8,10 @@ use engine::format::{Key, LG_BLOCK_SIZE};
 use rand::{Rng, RngCore, SeedableRng};
 
 fn rounds() -> u64 {
-    std::env::var("SCOUTFS_FUZZ_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2000)
+    std::env::var("SCOUTFS_FUZZ_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000)
 }
 
 fn valid_leaf(rng: &mut impl Rng) -> Vec<u8> {

@@ -12,7 +12,8 @@ use engine::format::srch::{decode_entry, encode_entry, SrchEntry};
 use engine::format::Key;
 
 mod table {
-    include!("hash_kat_table.rs");
+    #![allow(clippy::type_complexity)] // generated tables of plain tuples
+    include!("data/hash_kat_table.rs");
 }
 
 #[test]
@@ -20,7 +21,11 @@ fn name_hashes_match_independent_implementation() {
     for &(name, crc, f32, f64, fp, dh) in table::NAMES {
         let shown = String::from_utf8_lossy(name);
         assert_eq!(crc_block(name), crc, "crc32c of {shown:?}");
-        assert_eq!(xattr_name_hash(name), crc as u64, "xattr name hash of {shown:?}");
+        assert_eq!(
+            xattr_name_hash(name),
+            crc as u64,
+            "xattr name hash of {shown:?}"
+        );
         assert_eq!(fnv1a32(name), f32, "fnv1a32 of {shown:?}");
         assert_eq!(fnv1a64(name), f64, "fnv1a64 of {shown:?}");
         assert_eq!(dirent_fingerprint(name), fp, "fingerprint of {shown:?}");
@@ -39,7 +44,11 @@ fn crc_is_the_complement_of_textbook_crc32c() {
 fn leaf_buckets_and_bloom_bits_match() {
     for &((zone, first, ty, second, third, fourth), bucket, bits) in table::KEYS {
         let key = Key::new(zone, first, ty, second, third, fourth);
-        assert_eq!(leaf_hash_bucket(&key.to_disk()) as u32, bucket, "bucket of {key}");
+        assert_eq!(
+            leaf_hash_bucket(&key.to_disk()) as u32,
+            bucket,
+            "bucket of {key}"
+        );
         assert_eq!(bloom_bits(&key), bits, "bloom bits of {key}");
     }
 }
@@ -59,7 +68,10 @@ fn srch_entry_encoding_matches_and_decodes() {
 
 #[test]
 fn truncated_srch_entries_are_errors() {
-    let (prev, cur) = (SrchEntry::new(0, 0, 0), SrchEntry::new(u64::MAX, 77, 1 << 40));
+    let (prev, cur) = (
+        SrchEntry::new(0, 0, 0),
+        SrchEntry::new(u64::MAX, 77, 1 << 40),
+    );
     let mut out = Vec::new();
     encode_entry(&mut out, &prev, &cur);
     for cut in 0..out.len() {

@@ -9,7 +9,9 @@ use super::{assert_layout, BlockHeader, BlockRef, FormatError, LG_BLOCK_SIZE};
 /// Block numbers one list block holds.
 pub const ALLOC_LIST_MAX_BLKNOS: usize = 8185;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct AllocListBlock {
     pub hdr: BlockHeader,
@@ -47,7 +49,14 @@ pub fn free_blkno_key(start: u64, len: u64) -> Key {
 
 /// The by-order key: largest orders sort first.
 pub fn free_order_key(start: u64, len: u64) -> Key {
-    Key::new(zone::FREE_EXTENT_ORDER, u64::MAX - extent_order(len), 0, start + len - 1, len, 0)
+    Key::new(
+        zone::FREE_EXTENT_ORDER,
+        u64::MAX - extent_order(len),
+        0,
+        start + len - 1,
+        len,
+        0,
+    )
 }
 
 /// A free extent decoded from either of its keys: (start, len).

@@ -6,7 +6,19 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use super::{assert_layout, hash::crc_block, read_struct, read_struct_mut, FormatError};
 
 /// The 32-byte header at the start of every metadata block.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct BlockHeader {
     pub crc: U32,
@@ -18,7 +30,20 @@ pub struct BlockHeader {
 assert_layout!(BlockHeader, 32, crc @ 0, magic @ 4, fsid @ 8, seq @ 16, blkno @ 24);
 
 /// A pointer to a block: where it is and which write of it we expect.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct BlockRef {
     pub blkno: U64,
@@ -28,7 +53,10 @@ assert_layout!(BlockRef, 16, blkno @ 0, seq @ 8);
 
 impl BlockRef {
     pub fn new(blkno: u64, seq: u64) -> Self {
-        Self { blkno: blkno.into(), seq: seq.into() }
+        Self {
+            blkno: blkno.into(),
+            seq: seq.into(),
+        }
     }
 
     /// A zero blkno means "no block".
@@ -62,7 +90,10 @@ pub fn check_crc(block: &[u8]) -> Result<&BlockHeader, FormatError> {
     let hdr: &BlockHeader = read_struct(block)?;
     let computed = block_crc(block);
     if hdr.crc.get() != computed {
-        return Err(FormatError::Crc { stored: hdr.crc.get(), computed });
+        return Err(FormatError::Crc {
+            stored: hdr.crc.get(),
+            computed,
+        });
     }
     Ok(hdr)
 }
@@ -111,14 +142,17 @@ pub fn check_block<'a>(block: &'a [u8], want: &Expect) -> Result<&'a BlockHeader
 
 /// Checks a fixed-location block (super, quorum) whose header must name its
 /// own location but whose seq is not known in advance.
-pub fn check_fixed_block<'a>(
-    block: &'a [u8],
+pub fn check_fixed_block(
+    block: &[u8],
     magic: u32,
     blkno: u64,
-) -> Result<&'a BlockHeader, FormatError> {
+) -> Result<&BlockHeader, FormatError> {
     let hdr = check_crc(block)?;
     if hdr.magic.get() != magic {
-        return Err(FormatError::Magic { expected: magic, got: hdr.magic.get() });
+        return Err(FormatError::Magic {
+            expected: magic,
+            got: hdr.magic.get(),
+        });
     }
     if hdr.blkno.get() != blkno {
         return Err(FormatError::Corrupt(format!(

@@ -11,7 +11,9 @@ pub const BLOOM_BIT_BYTES: usize = (BLOOM_BITS / 8) as usize;
 pub const BLOOM_NR_HASHES: usize = 3;
 const BLOOM_HASH_SHIFT: u32 = 19;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct BloomBlock {
     pub hdr: BlockHeader,

@@ -9,7 +9,19 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 use super::key::DiskKey;
 use super::{assert_layout, BlockHeader, LG_BLOCK_SIZE};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct AvlNode {
     pub parent: U16,
@@ -20,7 +32,19 @@ pub struct AvlNode {
 }
 assert_layout!(AvlNode, 8, parent @ 0, left @ 2, right @ 4, height @ 6);
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct BtreeBlockHeader {
     pub hdr: BlockHeader,
@@ -37,7 +61,19 @@ assert_layout!(BtreeBlockHeader, 48, hdr @ 0, item_root @ 32, nr_items @ 34,
 /// Item flag: this item is a deletion (tombstone) in a forest tree.
 pub const ITEM_FLAG_DELETION: u8 = 0x1;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct BtreeItem {
     pub node: AvlNode,

@@ -35,16 +35,27 @@ impl<'a> BlockView<'a> {
     /// has already checked crc, magic and ref).
     pub fn new(bytes: &'a [u8]) -> Result<Self, FormatError> {
         if bytes.len() != LG_BLOCK_SIZE {
-            return Err(FormatError::Short { need: LG_BLOCK_SIZE, got: bytes.len() });
+            return Err(FormatError::Short {
+                need: LG_BLOCK_SIZE,
+                got: bytes.len(),
+            });
         }
         let header: &BtreeBlockHeader = read_struct(bytes)?;
         let nr = header.nr_items.get() as usize;
         let items_end = BTREE_HEADER_BYTES + nr * BTREE_ITEM_BYTES;
-        let limit = if header.level == 0 { LEAF_HASH_OFFSET } else { LG_BLOCK_SIZE };
+        let limit = if header.level == 0 {
+            LEAF_HASH_OFFSET
+        } else {
+            LG_BLOCK_SIZE
+        };
         if items_end > limit {
             return Err(corrupt(format!("{nr} items overflow the block")));
         }
-        let mut view = BlockView { bytes, header, order: Vec::with_capacity(nr) };
+        let mut view = BlockView {
+            bytes,
+            header,
+            order: Vec::with_capacity(nr),
+        };
         view.order = view.walk(nr, items_end)?;
         let mut total = 0usize;
         let mut prev: Option<Key> = None;
@@ -53,17 +64,23 @@ impl<'a> BlockView<'a> {
             let key = Key::from_disk(&item.key)
                 .map_err(|e| corrupt(format!("item at offset {off}: {e}")))?;
             if prev.is_some_and(|p| p >= key) {
-                return Err(corrupt(format!("item at offset {off}: key {key} out of order")));
+                return Err(corrupt(format!(
+                    "item at offset {off}: key {key} out of order"
+                )));
             }
             prev = Some(key);
             let vlen = item.val_len.get() as usize;
             let voff = item.val_off.get() as usize;
             if vlen > MAX_VAL_SIZE {
-                return Err(corrupt(format!("item at offset {off}: value of {vlen} bytes")));
+                return Err(corrupt(format!(
+                    "item at offset {off}: value of {vlen} bytes"
+                )));
             }
             if vlen == 0 {
                 if voff != 0 {
-                    return Err(corrupt(format!("item at offset {off}: empty value at {voff}")));
+                    return Err(corrupt(format!(
+                        "item at offset {off}: empty value at {voff}"
+                    )));
                 }
             } else if voff < items_end || voff + vlen > limit {
                 return Err(corrupt(format!(
@@ -71,7 +88,9 @@ impl<'a> BlockView<'a> {
                 )));
             }
             if header.level > 0 && vlen != std::mem::size_of::<super::BlockRef>() {
-                return Err(corrupt(format!("parent item at offset {off}: value of {vlen} bytes")));
+                return Err(corrupt(format!(
+                    "parent item at offset {off}: value of {vlen} bytes"
+                )));
             }
             total += item_bytes(vlen);
         }
@@ -93,11 +112,13 @@ impl<'a> BlockView<'a> {
                 Some(off)
                     if off >= BTREE_HEADER_BYTES
                         && off < items_end
-                        && (off - BTREE_HEADER_BYTES) % BTREE_ITEM_BYTES == 0 =>
+                        && (off - BTREE_HEADER_BYTES).is_multiple_of(BTREE_ITEM_BYTES) =>
                 {
                     Ok(Some(off))
                 }
-                Some(off) => Err(corrupt(format!("{what} link to offset {off} is not an item"))),
+                Some(off) => Err(corrupt(format!(
+                    "{what} link to offset {off} is not an item"
+                ))),
             }
         };
         let mut order = Vec::with_capacity(nr);
@@ -121,7 +142,10 @@ impl<'a> BlockView<'a> {
             cur = to_off(self.item(off).node.right.get(), "right")?;
         }
         if order.len() != nr {
-            return Err(corrupt(format!("avl tree reaches {} of {nr} items", order.len())));
+            return Err(corrupt(format!(
+                "avl tree reaches {} of {nr} items",
+                order.len()
+            )));
         }
         Ok(order)
     }
@@ -203,16 +227,23 @@ impl<'a> BlockView<'a> {
                 continue;
             }
             if !self.order.contains(&off) {
-                return Err(corrupt(format!("hash bucket {b} names offset {off}, not an item")));
+                return Err(corrupt(format!(
+                    "hash bucket {b} names offset {off}, not an item"
+                )));
             }
             found += 1;
         }
         if found != self.order.len() {
-            return Err(corrupt(format!("hash table holds {found} of {} items", self.order.len())));
+            return Err(corrupt(format!(
+                "hash table holds {found} of {} items",
+                self.order.len()
+            )));
         }
         for &off in &self.order {
             if self.hash_find(&self.item(off).key) != Some(off) {
-                return Err(corrupt(format!("item at offset {off} not reachable by its hash")));
+                return Err(corrupt(format!(
+                    "item at offset {off} not reachable by its hash"
+                )));
             }
         }
         Ok(())
@@ -237,7 +268,8 @@ impl<'a> BlockView<'a> {
 
     /// Index (in key order) of the first item with key >= `key`.
     pub fn lower_bound(&self, key: &Key) -> usize {
-        self.order.partition_point(|&off| Key::from_disk_unchecked(&self.item(off).key) < *key)
+        self.order
+            .partition_point(|&off| Key::from_disk_unchecked(&self.item(off).key) < *key)
     }
 }
 
@@ -252,7 +284,12 @@ pub struct NodeItem {
 
 impl NodeItem {
     pub fn new(key: Key, val: Vec<u8>) -> Self {
-        NodeItem { key, seq: 0, flags: 0, val }
+        NodeItem {
+            key,
+            seq: 0,
+            flags: 0,
+            val,
+        }
     }
 
     pub fn bytes(&self) -> usize {
@@ -274,14 +311,23 @@ pub fn node_capacity(level: u8) -> usize {
 /// seal. Fails if the items don't fit.
 pub fn encode_node(level: u8, items: &[NodeItem], out: &mut [u8]) -> Result<(), FormatError> {
     assert_eq!(out.len(), LG_BLOCK_SIZE);
-    debug_assert!(items.windows(2).all(|w| w[0].key < w[1].key), "node items not sorted");
+    debug_assert!(
+        items.windows(2).all(|w| w[0].key < w[1].key),
+        "node items not sorted"
+    );
     let total: usize = items.iter().map(NodeItem::bytes).sum();
     if total > node_capacity(level) {
-        return Err(corrupt(format!("{total} item bytes exceed a level {level} block")));
+        return Err(corrupt(format!(
+            "{total} item bytes exceed a level {level} block"
+        )));
     }
     let hdr_copy = *read_struct::<super::BlockHeader>(out)?;
     out.fill(0);
-    let mut val_end = if level == 0 { LEAF_HASH_OFFSET } else { LG_BLOCK_SIZE };
+    let mut val_end = if level == 0 {
+        LEAF_HASH_OFFSET
+    } else {
+        LG_BLOCK_SIZE
+    };
     let item_off = |i: usize| BTREE_HEADER_BYTES + i * BTREE_ITEM_BYTES;
     let mut heights = vec![0u8; items.len()];
     let root = build_avl(out, 0, items.len(), 0, &mut heights);
@@ -330,7 +376,13 @@ pub fn encode_node(level: u8, items: &[NodeItem], out: &mut [u8]) -> Result<(), 
 
 /// Links items `[lo, hi)` into a balanced subtree under `parent_link`,
 /// returning the subtree root's index.
-fn build_avl(out: &mut [u8], lo: usize, hi: usize, parent_link: u16, heights: &mut [u8]) -> Option<usize> {
+fn build_avl(
+    out: &mut [u8],
+    lo: usize,
+    hi: usize,
+    parent_link: u16,
+    heights: &mut [u8],
+) -> Option<usize> {
     if lo >= hi {
         return None;
     }
@@ -341,7 +393,11 @@ fn build_avl(out: &mut [u8], lo: usize, hi: usize, parent_link: u16, heights: &m
     let right = build_avl(out, mid + 1, hi, link, heights);
     let h = |c: Option<usize>, heights: &[u8]| c.map_or(0, |i| heights[i]);
     heights[mid] = 1 + h(left, heights).max(h(right, heights));
-    let to_link = |c: Option<usize>| c.map_or(0, |i| offset_to_link(BTREE_HEADER_BYTES + i * BTREE_ITEM_BYTES));
+    let to_link = |c: Option<usize>| {
+        c.map_or(0, |i| {
+            offset_to_link(BTREE_HEADER_BYTES + i * BTREE_ITEM_BYTES)
+        })
+    };
     let node = AvlNode {
         parent: parent_link.into(),
         left: to_link(left).into(),

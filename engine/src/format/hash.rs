@@ -25,11 +25,15 @@ const FNV64_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV64_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 pub fn fnv1a32(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(FNV32_OFFSET, |h, &b| (h ^ b as u32).wrapping_mul(FNV32_PRIME))
+    bytes.iter().fold(FNV32_OFFSET, |h, &b| {
+        (h ^ b as u32).wrapping_mul(FNV32_PRIME)
+    })
 }
 
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(FNV64_OFFSET, |h, &b| (h ^ b as u64).wrapping_mul(FNV64_PRIME))
+    bytes.iter().fold(FNV64_OFFSET, |h, &b| {
+        (h ^ b as u64).wrapping_mul(FNV64_PRIME)
+    })
 }
 
 /// 32 bits sampled evenly from the name, most significant first, so that

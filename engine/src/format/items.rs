@@ -15,7 +15,19 @@ pub const ROOT_INO: u64 = 1;
 pub const FIRST_USER_INO: u64 = 1024;
 
 /// The inode value; `proj` exists only in format version 2.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct Inode {
     pub size: U64,
@@ -63,7 +75,11 @@ impl Inode {
 
     /// The stored bytes for a format version.
     pub fn encode(&self, fmt_vers: u64) -> &[u8] {
-        let len = if fmt_vers >= FORMAT_VERSION_V2 { INODE_V2_BYTES } else { INODE_V1_BYTES };
+        let len = if fmt_vers >= FORMAT_VERSION_V2 {
+            INODE_V2_BYTES
+        } else {
+            INODE_V1_BYTES
+        };
         &self.as_bytes()[..len]
     }
 }
@@ -81,7 +97,19 @@ pub mod dt {
 }
 
 /// The fixed front of DIRENT, READDIR and LINK_BACKREF values; the name follows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct DirentHeader {
     pub ino: U64,
@@ -99,13 +127,28 @@ pub fn decode_dirent(val: &[u8]) -> Result<(&DirentHeader, &[u8]), FormatError> 
     let (hdr, name) = DirentHeader::ref_from_prefix(val)
         .map_err(|_| FormatError::Corrupt(format!("dirent value of {} bytes", val.len())))?;
     if name.is_empty() || name.len() > NAME_MAX {
-        return Err(FormatError::Corrupt(format!("dirent name of {} bytes", name.len())));
+        return Err(FormatError::Corrupt(format!(
+            "dirent name of {} bytes",
+            name.len()
+        )));
     }
     Ok((hdr, name))
 }
 
 /// Part 0 of an xattr starts with this header, then name, then value bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct XattrHeader {
     pub val_len: U16,
@@ -124,7 +167,19 @@ pub fn xattr_nr_parts(name_len: usize, val_len: usize) -> usize {
 pub const EXTENT_FLAG_OFFLINE: u8 = 0x1;
 pub const EXTENT_FLAG_UNWRITTEN: u8 = 0x2;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct DataExtent {
     pub blkno: U64,
@@ -134,7 +189,19 @@ pub struct DataExtent {
 assert_layout!(DataExtent, 16);
 
 /// `.totl.` running totals (delta items).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct TotlValue {
     pub total: U64,
@@ -151,7 +218,19 @@ pub const QUOTA_SOURCE_UID: u8 = 2;
 pub const QUOTA_SOURCE_GID: u8 = 3;
 pub const QUOTA_NAME_FLAG_SELECT: u8 = 0x1;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct QuotaRule {
     pub name_val: [U64; 3],
@@ -177,7 +256,19 @@ impl QuotaRule {
 
 pub const MOUNTED_CLIENT_FLAG_QUORUM: u8 = 0x1;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct MountedClient {
     pub addr: InetAddr,

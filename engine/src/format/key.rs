@@ -11,7 +11,19 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::{assert_layout, FormatError};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct DiskKey {
     pub first: U64,
@@ -84,7 +96,14 @@ pub const ORPHAN_TYPE: u8 = 4;
 pub const QUOTA_RULE_TYPE: u8 = 4;
 
 impl Key {
-    pub const MIN: Key = Key { zone: 0, first: 0, ty: 0, second: 0, third: 0, fourth: 0 };
+    pub const MIN: Key = Key {
+        zone: 0,
+        first: 0,
+        ty: 0,
+        second: 0,
+        third: 0,
+        fourth: 0,
+    };
     pub const MAX: Key = Key {
         zone: u8::MAX,
         first: u64::MAX,
@@ -95,7 +114,14 @@ impl Key {
     };
 
     pub const fn new(zone: u8, first: u64, ty: u8, second: u64, third: u64, fourth: u8) -> Self {
-        Key { zone, first, ty, second, third, fourth }
+        Key {
+            zone,
+            first,
+            ty,
+            second,
+            third,
+            fourth,
+        }
     }
 
     pub fn to_disk(&self) -> DiskKey {
@@ -113,7 +139,10 @@ impl Key {
     /// Decodes a stored key; non-zero pad bytes are corruption.
     pub fn from_disk(dk: &DiskKey) -> Result<Self, FormatError> {
         if dk.pad != [0; 5] {
-            return Err(FormatError::Corrupt(format!("key pad bytes {:02x?} not zero", dk.pad)));
+            return Err(FormatError::Corrupt(format!(
+                "key pad bytes {:02x?} not zero",
+                dk.pad
+            )));
         }
         Ok(Self::from_disk_unchecked(dk))
     }
@@ -244,7 +273,10 @@ mod tests {
         assert_eq!(k.inc().dec(), k);
         assert_eq!(Key::MAX.inc(), Key::MAX);
         assert_eq!(Key::MIN.dec(), Key::MIN);
-        assert_eq!(Key::new(1, 0, 0, 0, 0, 0).dec(), Key::new(0, u64::MAX, 0xff, u64::MAX, u64::MAX, 0xff));
+        assert_eq!(
+            Key::new(1, 0, 0, 0, 0, 0).dec(),
+            Key::new(0, u64::MAX, 0xff, u64::MAX, u64::MAX, 0xff)
+        );
     }
 
     #[test]

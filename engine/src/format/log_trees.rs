@@ -12,7 +12,9 @@ pub const DATA_ALLOC_ZONE_WORDS: usize = 16;
 pub const DATA_ALLOC_MAX_ZONES: usize = DATA_ALLOC_ZONE_WORDS * 64;
 pub const LOG_TREES_FLAG_FINALIZED: u64 = 0x1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct LogTrees {
     pub meta_avail: AllocListHead,
@@ -40,7 +42,9 @@ assert_layout!(LogTrees, 472, meta_avail @ 0, meta_freed @ 32, item_root @ 64, b
     flags @ 464);
 
 /// `44/0`: the running merge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct LogMergeStatus {
     pub next_range_key: DiskKey,
@@ -51,7 +55,9 @@ pub struct LogMergeStatus {
 assert_layout!(LogMergeStatus, 56);
 
 /// `48/..`: a key range still to merge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct LogMergeRange {
     pub start: DiskKey,
@@ -62,7 +68,9 @@ assert_layout!(LogMergeRange, 64);
 pub const LOG_MERGE_REQUEST_FLAG_SUBTREE: u64 = 0x1;
 
 /// `52/rid/0/seq`: work handed to a mount.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct LogMergeRequest {
     pub meta_avail: AllocListHead,
@@ -82,7 +90,9 @@ pub const LOG_MERGE_COMP_FLAG_REMAIN: u64 = 0x1;
 pub const LOG_MERGE_COMP_FLAG_ERROR: u64 = 0x2;
 
 /// `56/seq`: a finished request waiting to be spliced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct LogMergeComplete {
     pub meta_avail: AllocListHead,
@@ -98,7 +108,9 @@ pub struct LogMergeComplete {
 assert_layout!(LogMergeComplete, 208);
 
 /// `60/seq`: a merged input tree being freed in the background.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct LogMergeFreeing {
     pub root: BtreeRoot,

@@ -99,19 +99,23 @@ pub fn read_struct<T: zerocopy::FromBytes + zerocopy::KnownLayout + zerocopy::Im
 ) -> Result<&T, FormatError> {
     T::ref_from_prefix(bytes)
         .map(|(t, _)| t)
-        .map_err(|_| FormatError::Short { need: std::mem::size_of::<T>(), got: bytes.len() })
+        .map_err(|_| FormatError::Short {
+            need: std::mem::size_of::<T>(),
+            got: bytes.len(),
+        })
 }
 
 /// Mutable twin of [`read_struct`].
-pub fn read_struct_mut<
-    T: zerocopy::FromBytes + zerocopy::IntoBytes + zerocopy::KnownLayout,
->(
+pub fn read_struct_mut<T: zerocopy::FromBytes + zerocopy::IntoBytes + zerocopy::KnownLayout>(
     bytes: &mut [u8],
 ) -> Result<&mut T, FormatError> {
     let got = bytes.len();
     T::mut_from_prefix(bytes)
         .map(|(t, _)| t)
-        .map_err(|_| FormatError::Short { need: std::mem::size_of::<T>(), got })
+        .map_err(|_| FormatError::Short {
+            need: std::mem::size_of::<T>(),
+            got,
+        })
 }
 
 /// Asserts a struct's size and field offsets at compile time.

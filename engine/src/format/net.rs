@@ -14,7 +14,19 @@ use super::key::DiskKey;
 use super::superblock::BtreeRoot;
 use super::{assert_layout, read_struct, FormatError, QUORUM_MAX_SLOTS};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct NetHeader {
     pub seq: U64,
@@ -65,10 +77,26 @@ impl Cmd {
     pub fn from_wire(v: u8) -> Option<Cmd> {
         use Cmd::*;
         const ALL: [Cmd; 20] = [
-            Greeting, AllocInodes, GetLogTrees, CommitLogTrees, SyncLogTrees, GetRoots,
-            GetLastSeq, Lock, LockRecover, SrchGetCompact, SrchCommitCompact, GetLogMerge,
-            CommitLogMerge, OpenInoMap, GetVolopt, SetVolopt, ClearVolopt, ResizeDevices,
-            Statfs, Farewell,
+            Greeting,
+            AllocInodes,
+            GetLogTrees,
+            CommitLogTrees,
+            SyncLogTrees,
+            GetRoots,
+            GetLastSeq,
+            Lock,
+            LockRecover,
+            SrchGetCompact,
+            SrchCommitCompact,
+            GetLogMerge,
+            CommitLogMerge,
+            OpenInoMap,
+            GetVolopt,
+            SetVolopt,
+            ClearVolopt,
+            ResizeDevices,
+            Statfs,
+            Farewell,
         ];
         ALL.get(v as usize).copied()
     }
@@ -82,7 +110,6 @@ pub const NET_ERR_EIO: u8 = 3;
 pub const NET_ERR_ENOSPC: u8 = 4;
 pub const NET_ERR_EINVAL: u8 = 5;
 pub const NET_ERR_ENOLINK: u8 = 6;
-const NET_ERR_COUNT: u8 = 7;
 
 /// Maps an errno to its wire code.
 pub fn errno_to_wire(errno: i32) -> u8 {
@@ -114,7 +141,19 @@ pub fn wire_to_errno(code: u8) -> Option<i32> {
 pub const GREETING_FLAG_FAREWELL: u64 = 0x1;
 pub const GREETING_FLAG_QUORUM: u64 = 0x2;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct NetGreeting {
     pub fsid: U64,
@@ -131,7 +170,19 @@ pub const LOCK_MODE_WRITE: u8 = 2;
 pub const LOCK_MODE_WRITE_ONLY: u8 = 3;
 pub const LOCK_MODE_INVALID: u8 = 4;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct NetLock {
     pub key: DiskKey,
@@ -146,7 +197,19 @@ assert_layout!(NetLock, 48, key @ 0, write_seq @ 32, old_mode @ 40, new_mode @ 4
 /// Locks one LOCK_RECOVER reply carries.
 pub const LOCK_RECOVER_MAX_LOCKS: usize = 22;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct NetLockRecoverHeader {
     pub nr: U16,
@@ -154,7 +217,19 @@ pub struct NetLockRecoverHeader {
 }
 assert_layout!(NetLockRecoverHeader, 8);
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct NetRoots {
     pub fs_root: BtreeRoot,
@@ -163,7 +238,19 @@ pub struct NetRoots {
 }
 assert_layout!(NetRoots, 72);
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct NetInodeAlloc {
     pub ino: U64,
@@ -191,7 +278,9 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, FormatError> {
     let header: &NetHeader = read_struct(bytes)?;
     let data_len = header.data_len.get() as usize;
     if data_len > NET_MAX_DATA_BYTES {
-        return Err(invalid(format!("data_len {data_len} over {NET_MAX_DATA_BYTES}")));
+        return Err(invalid(format!(
+            "data_len {data_len} over {NET_MAX_DATA_BYTES}"
+        )));
     }
     if bytes.len() != NET_HEADER_BYTES + data_len {
         return Err(invalid(format!(
@@ -218,13 +307,21 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, FormatError> {
     if !is_response && header.error != NET_ERR_NONE {
         return Err(invalid("request carries an error".into()));
     }
-    debug_assert!(NET_ERR_COUNT == 7);
-    Ok(Frame { header, cmd, is_response, errno, data: &bytes[NET_HEADER_BYTES..] })
+    Ok(Frame {
+        header,
+        cmd,
+        is_response,
+        errno,
+        data: &bytes[NET_HEADER_BYTES..],
+    })
 }
 
 /// Encodes a frame into a fresh buffer.
 pub fn encode_frame(header: &NetHeader, data: &[u8]) -> Vec<u8> {
-    assert!(data.len() <= NET_MAX_DATA_BYTES, "payload over the protocol limit");
+    assert!(
+        data.len() <= NET_MAX_DATA_BYTES,
+        "payload over the protocol limit"
+    );
     let mut hdr = *header;
     hdr.data_len = (data.len() as u16).into();
     let mut out = Vec::with_capacity(NET_HEADER_BYTES + data.len());
@@ -240,7 +337,19 @@ pub const QUORUM_MSG_HEARTBEAT: u8 = 2;
 pub const QUORUM_MSG_RESIGNATION: u8 = 3;
 pub const QUORUM_MSG_VERSION: u64 = 0;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct QuorumMessage {
     pub fsid: U64,
@@ -272,12 +381,18 @@ impl QuorumMessage {
 /// Validates a received election datagram for a volume.
 pub fn decode_quorum_message(bytes: &[u8], fsid: u64) -> Result<QuorumMessage, FormatError> {
     if bytes.len() != std::mem::size_of::<QuorumMessage>() {
-        return Err(FormatError::Short { need: 32, got: bytes.len() });
+        return Err(FormatError::Short {
+            need: 32,
+            got: bytes.len(),
+        });
     }
     let m: &QuorumMessage = read_struct(bytes)?;
     let computed = crc_block(&bytes[..28]);
     if m.crc.get() != computed {
-        return Err(FormatError::Crc { stored: m.crc.get(), computed });
+        return Err(FormatError::Crc {
+            stored: m.crc.get(),
+            computed,
+        });
     }
     if m.fsid.get() != fsid {
         return Err(invalid(format!("fsid {:x}", m.fsid.get())));
@@ -313,10 +428,22 @@ mod tests {
         let ok = encode_frame(&header(Cmd::Lock as u8, 0, 0), &[0u8; 48]);
         let f = decode_frame(&ok).unwrap();
         assert_eq!((f.cmd, f.is_response, f.data.len()), (Cmd::Lock, false, 48));
-        assert!(decode_frame(&encode_frame(&header(20, 0, 0), &[])).is_err(), "unknown cmd");
-        assert!(decode_frame(&encode_frame(&header(7, 2, 0), &[])).is_err(), "unknown flag");
-        assert!(decode_frame(&encode_frame(&header(7, 0, 3), &[])).is_err(), "error on request");
-        assert!(decode_frame(&encode_frame(&header(7, 1, 7), &[])).is_err(), "error code 7");
+        assert!(
+            decode_frame(&encode_frame(&header(20, 0, 0), &[])).is_err(),
+            "unknown cmd"
+        );
+        assert!(
+            decode_frame(&encode_frame(&header(7, 2, 0), &[])).is_err(),
+            "unknown flag"
+        );
+        assert!(
+            decode_frame(&encode_frame(&header(7, 0, 3), &[])).is_err(),
+            "error on request"
+        );
+        assert!(
+            decode_frame(&encode_frame(&header(7, 1, 7), &[])).is_err(),
+            "error code 7"
+        );
         let resp = encode_frame(&header(7, 1, NET_ERR_ENOSPC), &[]);
         assert_eq!(decode_frame(&resp).unwrap().errno, libc::ENOSPC);
         let mut zero_id = header(7, 0, 0);
@@ -328,7 +455,10 @@ mod tests {
     #[test]
     fn unknown_errnos_travel_as_einval() {
         assert_eq!(errno_to_wire(libc::EEXIST), NET_ERR_EINVAL);
-        assert_eq!(wire_to_errno(errno_to_wire(libc::ENOLINK)), Some(libc::ENOLINK));
+        assert_eq!(
+            wire_to_errno(errno_to_wire(libc::ENOLINK)),
+            Some(libc::ENOLINK)
+        );
     }
 
     #[test]

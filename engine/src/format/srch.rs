@@ -7,7 +7,21 @@ use super::hash::{unzigzag, zigzag};
 use super::superblock::AllocListHead;
 use super::{assert_layout, BlockHeader, BlockRef, FormatError, LG_BLOCK_SIZE};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct SrchEntry {
     pub hash: U64,
@@ -18,7 +32,11 @@ assert_layout!(SrchEntry, 24);
 
 impl SrchEntry {
     pub fn new(hash: u64, ino: u64, id: u64) -> Self {
-        SrchEntry { hash: hash.into(), ino: ino.into(), id: id.into() }
+        SrchEntry {
+            hash: hash.into(),
+            ino: ino.into(),
+            id: id.into(),
+        }
     }
 
     fn fields(&self) -> [u64; 3] {
@@ -26,7 +44,19 @@ impl SrchEntry {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct SrchFile {
     pub first: SrchEntry,
@@ -41,7 +71,9 @@ assert_layout!(SrchFile, 88, first @ 0, last @ 24, ref_ @ 48, blocks @ 64, entri
 
 pub const SRCH_PARENT_REFS: usize = 4094;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct SrchParent {
     pub hdr: BlockHeader,
@@ -49,7 +81,9 @@ pub struct SrchParent {
 }
 assert_layout!(SrchParent, LG_BLOCK_SIZE);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct SrchBlockHeader {
     pub hdr: BlockHeader,
@@ -74,7 +108,19 @@ pub const SRCH_COMPACT_FLAG_DONE: u8 = 16;
 pub const SRCH_COMPACT_FLAG_ERROR: u8 = 32;
 pub const SRCH_COMPACT_NR: usize = 4;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct SrchCompactInput {
     pub sfl: SrchFile,
@@ -83,7 +129,9 @@ pub struct SrchCompactInput {
 }
 assert_layout!(SrchCompactInput, 104);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct SrchCompact {
     pub meta_avail: AllocListHead,
@@ -104,9 +152,8 @@ fn significant_bytes(v: u64) -> usize {
 /// Appends the delta encoding of `entry` against `prev` to `out`: a u16 of
 /// three 4-bit byte counts, then the three zig-zag diffs in that many bytes.
 pub fn encode_entry(out: &mut Vec<u8>, prev: &SrchEntry, entry: &SrchEntry) {
-    let diffs: [u64; 3] = std::array::from_fn(|i| {
-        zigzag(entry.fields()[i].wrapping_sub(prev.fields()[i]) as i64)
-    });
+    let diffs: [u64; 3] =
+        std::array::from_fn(|i| zigzag(entry.fields()[i].wrapping_sub(prev.fields()[i]) as i64));
     let lens: [usize; 3] = diffs.map(significant_bytes);
     let header = (lens[0] | (lens[1] << 4) | (lens[2] << 8)) as u16;
     out.extend_from_slice(&header.to_le_bytes());
@@ -124,7 +171,9 @@ pub fn decode_entry(bytes: &[u8], prev: &SrchEntry) -> Result<(SrchEntry, usize)
     for (i, field) in fields.iter_mut().enumerate() {
         let len = ((header >> (4 * i)) & 0xf) as usize;
         if len > 8 {
-            return Err(FormatError::Corrupt(format!("srch entry field of {len} bytes")));
+            return Err(FormatError::Corrupt(format!(
+                "srch entry field of {len} bytes"
+            )));
         }
         let mut raw = [0u8; 8];
         raw[..len].copy_from_slice(bytes.get(pos..pos + len).ok_or_else(short)?);
@@ -132,7 +181,9 @@ pub fn decode_entry(bytes: &[u8], prev: &SrchEntry) -> Result<(SrchEntry, usize)
         *field = field.wrapping_add(unzigzag(u64::from_le_bytes(raw)) as u64);
     }
     if header >> 12 != 0 {
-        return Err(FormatError::Corrupt(format!("srch entry header {header:04x}")));
+        return Err(FormatError::Corrupt(format!(
+            "srch entry header {header:04x}"
+        )));
     }
     Ok((SrchEntry::new(fields[0], fields[1], fields[2]), pos))
 }

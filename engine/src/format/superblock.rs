@@ -6,7 +6,19 @@ use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligne
 use super::{assert_layout, BlockHeader, BlockRef, QUORUM_MAX_SLOTS};
 
 /// A btree root: the top block and the tree's height (0 = empty tree).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct BtreeRoot {
     pub ref_: BlockRef,
@@ -25,7 +37,19 @@ impl BtreeRoot {
 pub const ALLOC_FLAG_LOW: u32 = 0x1;
 
 /// A free-extent allocator: a btree of extent items and their total.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct AllocRoot {
     pub total_len: U64,
@@ -36,7 +60,19 @@ pub struct AllocRoot {
 assert_layout!(AllocRoot, 40, total_len @ 0, flags @ 8, root @ 16);
 
 /// The head of a singly linked list of alloc list blocks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct AllocListHead {
     pub ref_: BlockRef,
@@ -49,7 +85,19 @@ assert_layout!(AllocListHead, 32, ref_ @ 0, total_nr @ 16, first_nr @ 24, flags 
 pub const INET_FAMILY_V4: u16 = 1;
 
 /// The 32-byte address union; only IPv4 exists in the format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct InetAddr {
     pub family: U16,
@@ -85,13 +133,37 @@ impl std::fmt::Display for InetAddr {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct QuorumSlot {
     pub addr: InetAddr,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
 #[repr(C)]
 pub struct QuorumConfig {
     pub version: U64,
@@ -102,7 +174,11 @@ assert_layout!(QuorumConfig, 488, version @ 0, slots @ 8);
 impl QuorumConfig {
     /// Configured slots in slot order.
     pub fn active_slots(&self) -> impl Iterator<Item = (usize, &InetAddr)> {
-        self.slots.iter().enumerate().filter(|(_, s)| s.addr.is_v4()).map(|(i, s)| (i, &s.addr))
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.addr.is_v4())
+            .map(|(i, s)| (i, &s.addr))
     }
 }
 
@@ -110,7 +186,9 @@ pub const VOLOPT_DATA_ALLOC_ZONE_BLOCKS_BIT: u64 = 1 << 0;
 /// Options the format defines; any other set bit is unknown.
 pub const VOLOPT_KNOWN_BITS: u64 = VOLOPT_DATA_ALLOC_ZONE_BLOCKS_BIT;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct VolumeOptions {
     pub set_bits: U64,
@@ -128,7 +206,9 @@ impl Default for VolumeOptions {
 /// Super block flag: this copy lives on the metadata device.
 pub const SUPER_FLAG_META_BDEV: u64 = 0x1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
 #[repr(C)]
 pub struct SuperBlock {
     pub hdr: BlockHeader,

@@ -1,0 +1,52 @@
+//! The scoutfs command line utility as a library.
+//!
+//! Each subcommand lives in its own module and returns a process exit code;
+//! [`run`] dispatches on the first argument. Output formats follow the
+//! original utilities (see docs/mkfs-print-check.md); nothing here panics on
+//! device content: every decode goes through checked helpers.
+
+pub mod args;
+pub mod check;
+pub mod dev;
+pub mod mkfs;
+pub mod print;
+
+/// Exit code of argp usage errors.
+pub const EX_USAGE: i32 = 64;
+
+/// Runs `scoutfs <subcmd> <args…>` and returns the exit code.
+pub fn run(argv: &[String]) -> i32 {
+    let Some((cmd, rest)) = argv.split_first() else {
+        eprintln!("Usage: scoutfs <command> [<args>]\n\nCommands: mkfs, print, check");
+        return EX_USAGE;
+    };
+    match cmd.as_str() {
+        "mkfs" => mkfs::main(rest),
+        "print" => print::main(rest),
+        "check" => check::main(rest),
+        "--help" | "-h" | "help" => {
+            println!("Usage: scoutfs <command> [<args>]\n\nCommands: mkfs, print, check");
+            0
+        }
+        other => {
+            eprintln!("scoutfs: unknown command '{other}'");
+            EX_USAGE
+        }
+    }
+}
+
+/// The C library's message for an errno.
+pub fn strerror(errno: i32) -> String {
+    std::io::Error::from_raw_os_error(errno)
+        .to_string()
+        .split(" (os error")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Prints the trailer every failed command ends with and returns exit 1.
+pub fn failed(cmd: &str, errno: i32) -> i32 {
+    eprintln!("scoutfs: {cmd} failed: {} ({errno})", strerror(errno));
+    1
+}

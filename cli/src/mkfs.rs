@@ -1,0 +1,717 @@
+//! `scoutfs mkfs`: writes a new filesystem on a metadata and a data device.
+//!
+//! Guarantees: every check (arguments, device sizes, existing filesystems)
+//! runs before the first write, so a refused mkfs writes nothing. The blocks
+//! written are those of the original mkfs (fs_root leaf at 2, server avail
+//! list at 3, data_alloc at 1028, meta_alloc at 1029/1030, quorum blocks,
+//! then the data super and, after a flush, the meta super, then a flush).
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use engine::format::alloc::{free_blkno_key, free_order_key, AllocListBlock};
+use engine::format::block::seal_block;
+use engine::format::btree::{BtreeItem, BTREE_HEADER_BYTES, BTREE_ITEM_BYTES};
+use engine::format::btree_block::{encode_node, NodeItem};
+use engine::format::items::{inode_key, meta_seq_key, Inode, FIRST_USER_INO, ROOT_INO};
+use engine::format::superblock::{
+    uuid_string, AllocRoot, BtreeRoot, InetAddr, SuperBlock, SUPER_FLAG_META_BDEV,
+    VOLOPT_DATA_ALLOC_ZONE_BLOCKS_BIT,
+};
+use engine::format::*;
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::args::{self, OptSpec};
+use crate::dev::{Device, FileDev};
+
+const CMD: &str = "mkfs";
+
+const SPECS: &[OptSpec] = &[
+    OptSpec {
+        short: 'Q',
+        long: "quorum-slot",
+        takes_arg: true,
+        help: "Specify quorum slot addresses [Required]",
+    },
+    OptSpec {
+        short: 'f',
+        long: "force",
+        takes_arg: false,
+        help: "Overwrite existing data on block devices",
+    },
+    OptSpec {
+        short: 'A',
+        long: "allow-small-size",
+        takes_arg: false,
+        help: "Allow specified meta/data devices less than minimum, still warns",
+    },
+    OptSpec {
+        short: 'm',
+        long: "max-meta-size",
+        takes_arg: true,
+        help: "Use a size less than the base metadata device size (bytes or KMGTP units)",
+    },
+    OptSpec {
+        short: 'd',
+        long: "max-data-size",
+        takes_arg: true,
+        help: "Use a size less than the base data device size (bytes or KMGTP units)",
+    },
+    OptSpec {
+        short: 'z',
+        long: "data-alloc-zone-blocks",
+        takes_arg: true,
+        help: "Divide data device into block zones so each mounts writes to a zone (4KB blocks)",
+    },
+    OptSpec {
+        short: 'V',
+        long: "format-version",
+        takes_arg: true,
+        help: "Specify a format version within supported range, (1-2, default 2)",
+    },
+];
+
+/// Blocks in the first server avail list: 64 MiB of metadata.
+const SERVER_AVAIL_BLOCKS: u64 = (64 << 20) >> LG_BLOCK_SHIFT;
+/// Smallest zone: one mount's data fill target (4 GiB of 4 KiB blocks).
+const DATA_FILL_TARGET_BLOCKS: u64 = (4u64 << 30) >> SM_BLOCK_SHIFT;
+
+/// Parsed mkfs arguments.
+#[derive(Debug, Clone)]
+pub struct MkfsArgs {
+    pub meta: String,
+    pub data: String,
+    pub slots: [Option<(Ipv4Addr, u16)>; QUORUM_MAX_SLOTS],
+    pub max_meta_size: u64,
+    pub max_data_size: u64,
+    pub zone_blocks: u64,
+    pub fmt_vers: u64,
+    pub force: bool,
+    pub allow_small: bool,
+}
+
+/// Parses "NR,ADDR,PORT" the way the original does (messages on stdout).
+fn parse_slot(arg: &str) -> Result<(usize, Ipv4Addr, u16), String> {
+    let parts: Vec<&str> = arg.splitn(3, ',').collect();
+    if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
+        return Err(format!(
+            "failed to parse all three NR,ADDR,PORT tokens in quorum slot '{arg}'"
+        ));
+    }
+    let nr: i64 = parts[0].parse().map_err(|_| {
+        format!("failed to parse all three NR,ADDR,PORT tokens in quorum slot '{arg}'")
+    })?;
+    let port: i64 = parts[2]
+        .parse()
+        .map_err(|_| format!("extra unparsed trailing characters in quorum slot '{arg}'"))?;
+    if !(0..QUORUM_MAX_SLOTS as i64).contains(&nr) {
+        return Err(format!(
+            "invalid nr '{nr}' in quorum slot '{arg}', must be between 0 and {}",
+            QUORUM_MAX_SLOTS - 1
+        ));
+    }
+    if port <= 0 || port > u16::MAX as i64 {
+        return Err(format!(
+            "invalid ipv4 port '{port}' in quorum slot '{arg}', must be between 1 and {}",
+            u16::MAX
+        ));
+    }
+    let addr: Ipv4Addr = parts[1]
+        .parse()
+        .map_err(|_| format!("invalid ipv4 address '{}' in quorum slot '{arg}'", parts[1]))?;
+    if u32::from(addr) == 0 || u32::from(addr) == u32::MAX {
+        return Err(format!(
+            "invalid ipv4 address '{}' in quorum slot '{arg}'",
+            parts[1]
+        ));
+    }
+    Ok((nr as usize, addr, port as u16))
+}
+
+/// Parses the command line; Err is the exit code to return.
+pub fn parse_args(argv: &[String]) -> Result<MkfsArgs, i32> {
+    let p = args::parse(
+        CMD,
+        "META-DEVICE DATA-DEVICE",
+        "Initialize a new ScoutFS filesystem",
+        SPECS,
+        argv,
+    )
+    .map_err(|s| args::stop_code(CMD, s))?;
+    let mut a = MkfsArgs {
+        meta: String::new(),
+        data: String::new(),
+        slots: [None; QUORUM_MAX_SLOTS],
+        max_meta_size: 0,
+        max_data_size: 0,
+        zone_blocks: 0,
+        fmt_vers: FORMAT_VERSION_MAX,
+        force: false,
+        allow_small: false,
+    };
+    let mut nr_slots = 0;
+    for (c, v) in &p.opts {
+        let v = v.clone().unwrap_or_default();
+        match c {
+            'Q' => {
+                let (nr, addr, port) = parse_slot(&v).map_err(|m| {
+                    println!("{m}");
+                    crate::failed(CMD, libc::EINVAL)
+                })?;
+                if a.slots[nr].is_some() {
+                    return Err(args::usage_error(
+                        CMD,
+                        &format!("Quorum slot {nr} already specified before slot '{v}'\n"),
+                    ));
+                }
+                a.slots[nr] = Some((addr, port));
+                nr_slots += 1;
+            }
+            'f' => a.force = true,
+            'A' => a.allow_small = true,
+            'm' | 'd' => {
+                let n = args::parse_human(&v).map_err(|m| {
+                    eprintln!("{m}");
+                    crate::failed(CMD, libc::EINVAL)
+                })?;
+                let (unit, what) = if *c == 'm' {
+                    (LG_BLOCK_SIZE as u64, "Meta")
+                } else {
+                    (SM_BLOCK_SIZE as u64, "Data")
+                };
+                let r = n / unit * unit;
+                if r != n {
+                    eprintln!("{what} dev size {n} rounded down to {r} bytes");
+                }
+                if *c == 'm' {
+                    a.max_meta_size = r;
+                } else {
+                    a.max_data_size = r;
+                }
+            }
+            'z' => {
+                a.zone_blocks = args::parse_u64(&v).map_err(|m| {
+                    eprintln!("{m}");
+                    crate::failed(CMD, libc::EINVAL)
+                })?;
+                if a.zone_blocks == 0 {
+                    return Err(args::usage_error(
+                        CMD,
+                        "must provide non-zero data-alloc-zone-blocks",
+                    ));
+                }
+            }
+            'V' => {
+                a.fmt_vers = args::parse_u64(&v).map_err(|m| {
+                    eprintln!("{m}");
+                    crate::failed(CMD, libc::EINVAL)
+                })?;
+                if !(FORMAT_VERSION_MIN..=FORMAT_VERSION_MAX).contains(&a.fmt_vers) {
+                    return Err(args::usage_error(
+                        CMD,
+                        &format!(
+                            "format-version {} is outside supported range of {FORMAT_VERSION_MIN}-{FORMAT_VERSION_MAX}",
+                            a.fmt_vers
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    if p.operands.len() > 2 {
+        return Err(args::usage_error(CMD, "more than two arguments given"));
+    }
+    if nr_slots == 0 {
+        return Err(args::usage_error(
+            CMD,
+            "must specify at least one quorum slot with --quorum-slot|-Q",
+        ));
+    }
+    let mut ops = p.operands.into_iter();
+    a.meta = ops
+        .next()
+        .ok_or_else(|| args::usage_error(CMD, "no metadata device argument given"))?;
+    a.data = ops
+        .next()
+        .ok_or_else(|| args::usage_error(CMD, "no data device argument given"))?;
+    Ok(a)
+}
+
+/// "%.2f%s" of the original's float arithmetic.
+fn size_parts(nr: u64, unit: u64) -> (String, &'static str) {
+    const SUFFIXES: [&str; 9] = ["B", "KB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
+    let mut x = nr as f32 * unit as f32;
+    let mut i = 0;
+    while x >= 1024.0 && i < SUFFIXES.len() - 1 {
+        x /= 1024.0;
+        i += 1;
+    }
+    (format!("{:.2}", x as f64), SUFFIXES[i])
+}
+
+fn base_size(bytes: u64) -> String {
+    let (n, s) = size_parts(bytes, 1);
+    format!("{n}{s}")
+}
+
+fn size_fmt(nr: u64, unit: u64) -> String {
+    let (n, s) = size_parts(nr, unit);
+    format!("{nr} ({n} {s})")
+}
+
+/// Applies the max size and minimum size rules; Err is an errno.
+fn limit_size(
+    dev: &dyn Device,
+    path: &str,
+    max: u64,
+    allow_small: bool,
+    what: &str,
+) -> Result<u64, i32> {
+    let mut size = dev.size().map_err(|e| {
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        if errno == libc::EINVAL {
+            eprintln!("path isn't regular or device file '{path}'");
+        } else {
+            eprintln!(
+                "failed to stat '{path}': {} ({errno})",
+                crate::strerror(errno)
+            );
+        }
+        errno
+    })?;
+    if max != 0 {
+        if size > max {
+            println!(
+                "Limiting use of {} {what} device to {}",
+                base_size(size),
+                base_size(max)
+            );
+            size = max;
+        } else if size < max {
+            println!(
+                "Device size limit of {} for {what} device is greater than {} available, ignored.",
+                base_size(max),
+                base_size(size)
+            );
+        }
+    }
+    if size < MKFS_MIN_DEVICE_BYTES {
+        eprintln!(
+            "{} too small for min {} {what} device{}",
+            base_size(size),
+            base_size(MKFS_MIN_DEVICE_BYTES),
+            if allow_small {
+                ", allowing with -A"
+            } else {
+                ""
+            }
+        );
+        if !allow_small {
+            return Err(libc::EINVAL);
+        }
+    }
+    Ok(size)
+}
+
+/// True if the device holds a super block with a valid magic and crc.
+pub fn has_scoutfs_super(dev: &dyn Device) -> bool {
+    match crate::dev::read_sm(dev, SUPER_BLKNO) {
+        Ok(b) => block::check_fixed_block(&b, MAGIC_SUPER, SUPER_BLKNO).is_ok(),
+        Err(_) => false,
+    }
+}
+
+// mkfs runs outside any engine runtime: the wall clock is the right time
+// source for timestamps and fallback entropy here.
+#[allow(clippy::disallowed_methods)]
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut out))
+        .is_ok();
+    if !ok {
+        // Fall back to time and address entropy: uniqueness, not secrecy.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let mut h = t as u64 ^ (&out as *const _ as u64);
+        for b in out.iter_mut() {
+            h = h
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *b = (h >> 33) as u8;
+        }
+    }
+    out
+}
+
+/// Encodes a leaf of `items` the way the original mkfs lays out appended
+/// items: item i's seq is 1; the last appended item is the root with the
+/// earlier ones chained down its left links; the root keeps height 0.
+fn mkfs_leaf(items: Vec<NodeItem>, out: &mut [u8]) -> Result<(), FormatError> {
+    let items: Vec<NodeItem> = items
+        .into_iter()
+        .map(|mut i| {
+            i.seq = 1;
+            i
+        })
+        .collect();
+    encode_node(0, &items, out)?;
+    // The original appends each item as the new root with the previous root
+    // as its left child; for the two-item leaves mkfs writes this matches
+    // encode_node's shape except that the root's height byte stays 0.
+    if items.len() == 2 {
+        let off = BTREE_HEADER_BYTES + BTREE_ITEM_BYTES;
+        let it = BtreeItem::mut_from_prefix(&mut out[off..])
+            .map_err(|_| FormatError::Short { need: off, got: 0 })?
+            .0;
+        it.node.height = 0;
+    }
+    Ok(())
+}
+
+fn alloc_leaf(
+    fsid: u64,
+    blkno: u64,
+    start: u64,
+    len: u64,
+    root: &mut AllocRoot,
+) -> Result<Vec<u8>, FormatError> {
+    let mut blk = vec![0u8; LG_BLOCK_SIZE];
+    mkfs_leaf(
+        vec![
+            NodeItem::new(free_blkno_key(start, len), vec![]),
+            NodeItem::new(free_order_key(start, len), vec![]),
+        ],
+        &mut blk,
+    )?;
+    seal_block(&mut blk, MAGIC_BTREE, fsid, blkno, 1);
+    root.total_len = len.into();
+    root.root = BtreeRoot {
+        ref_: BlockRef::new(blkno, 1),
+        height: 1,
+        pad: [0; 7],
+    };
+    Ok(blk)
+}
+
+/// Everything mkfs will write, built in memory first.
+pub struct Image {
+    pub meta_blocks: Vec<(u64, Vec<u8>)>,
+    pub data_super: Vec<u8>,
+    pub meta_super: Vec<u8>,
+    pub sb: SuperBlock,
+}
+
+/// Builds the blocks of a new filesystem.
+#[allow(clippy::field_reassign_with_default)]
+pub fn build_image(
+    a: &MkfsArgs,
+    meta_size: u64,
+    data_size: u64,
+    fsid: u64,
+    uuid: [u8; 16],
+    now: (u64, u32),
+) -> Result<Image, String> {
+    let last_meta = (meta_size >> LG_BLOCK_SHIFT)
+        .checked_sub(1)
+        .ok_or("meta device too small")?;
+    let last_data = (data_size >> SM_BLOCK_SHIFT)
+        .checked_sub(1)
+        .ok_or("data device too small")?;
+    let mut next_meta = META_DEV_START_BLKNO;
+    // Blocks mkfs itself uses: fs root, list, data alloc, two meta allocs.
+    if last_meta < next_meta + 4 + SERVER_AVAIL_BLOCKS || last_data < DATA_DEV_START_BLKNO {
+        return Err("device too small to hold a filesystem".into());
+    }
+    let mut sb = SuperBlock::default();
+    sb.fmt_vers = a.fmt_vers.into();
+    sb.uuid = uuid;
+    sb.next_ino = FIRST_USER_INO.into();
+    sb.inode_count = 1.into();
+    sb.seq = 1.into();
+    sb.total_meta_blocks = (last_meta + 1).into();
+    sb.total_data_blocks = (last_data + 1).into();
+    sb.qconf.version = 1.into();
+    for (i, s) in a.slots.iter().enumerate() {
+        if let Some((addr, port)) = s {
+            sb.qconf.slots[i].addr = InetAddr::v4(*addr, *port);
+        }
+    }
+    if a.zone_blocks != 0 {
+        sb.volopt.set_bits = VOLOPT_DATA_ALLOC_ZONE_BLOCKS_BIT.into();
+        sb.volopt.data_alloc_zone_blocks = a.zone_blocks.into();
+    }
+    let mut blocks = Vec::new();
+
+    // fs root: the root inode and its meta_seq index item.
+    let blkno = next_meta;
+    next_meta += 1;
+    let mut inode = Inode::new_zeroed_inode();
+    inode.next_readdir_pos = 2.into();
+    inode.nlink = 2.into();
+    inode.mode = (0o040755u32).into();
+    for ts in [
+        &mut inode.atime,
+        &mut inode.ctime,
+        &mut inode.mtime,
+        &mut inode.crtime,
+    ] {
+        ts.sec = now.0.into();
+        ts.nsec = now.1.into();
+    }
+    let mut blk = vec![0u8; LG_BLOCK_SIZE];
+    mkfs_leaf(
+        vec![
+            NodeItem::new(meta_seq_key(0, ROOT_INO), vec![]),
+            NodeItem::new(inode_key(ROOT_INO), inode.encode(a.fmt_vers).to_vec()),
+        ],
+        &mut blk,
+    )
+    .map_err(|e| e.to_string())?;
+    seal_block(&mut blk, MAGIC_BTREE, fsid, blkno, 1);
+    sb.fs_root = BtreeRoot {
+        ref_: BlockRef::new(blkno, 1),
+        height: 1,
+        pad: [0; 7],
+    };
+    blocks.push((blkno, blk));
+
+    // The first server transaction's avail list.
+    let blkno = next_meta;
+    next_meta += 1;
+    let mut blk = vec![0u8; LG_BLOCK_SIZE];
+    {
+        let lblk = AllocListBlock::mut_from_bytes(&mut blk).map_err(|_| "alloc list layout")?;
+        for i in 0..SERVER_AVAIL_BLOCKS as usize {
+            lblk.blknos[i] = next_meta.into();
+            next_meta += 1;
+        }
+        lblk.nr = (SERVER_AVAIL_BLOCKS as u32).into();
+    }
+    seal_block(&mut blk, MAGIC_ALLOC_LIST, fsid, blkno, 1);
+    sb.server_meta_avail[0].ref_ = BlockRef::new(blkno, 1);
+    sb.server_meta_avail[0].total_nr = SERVER_AVAIL_BLOCKS.into();
+    sb.server_meta_avail[0].first_nr = (SERVER_AVAIL_BLOCKS as u32).into();
+    blocks.push((blkno, blk));
+
+    // The data allocator holds one extent.
+    let blkno = next_meta;
+    next_meta += 1;
+    let blk = alloc_leaf(
+        fsid,
+        blkno,
+        DATA_DEV_START_BLKNO,
+        last_data - DATA_DEV_START_BLKNO + 1,
+        &mut sb.data_alloc,
+    )
+    .map_err(|e| e.to_string())?;
+    blocks.push((blkno, blk));
+
+    // The rest of the metadata device, split across the two meta allocators.
+    let mut meta_start = next_meta + 2;
+    let meta_len = (last_meta - meta_start + 1).div_ceil(2);
+    for i in 0..2 {
+        let blkno = next_meta;
+        next_meta += 1;
+        let len = meta_len.min(last_meta - meta_start + 1);
+        let blk = alloc_leaf(fsid, blkno, meta_start, len, &mut sb.meta_alloc[i])
+            .map_err(|e| e.to_string())?;
+        blocks.push((blkno, blk));
+        meta_start += meta_len;
+    }
+
+    let mut data_super = vec![0u8; SM_BLOCK_SIZE];
+    data_super[..std::mem::size_of::<SuperBlock>()].copy_from_slice(sb.as_bytes());
+    seal_block(&mut data_super, MAGIC_SUPER, fsid, SUPER_BLKNO, 1);
+    sb.flags = SUPER_FLAG_META_BDEV.into();
+    let mut meta_super = vec![0u8; SM_BLOCK_SIZE];
+    meta_super[..std::mem::size_of::<SuperBlock>()].copy_from_slice(sb.as_bytes());
+    seal_block(&mut meta_super, MAGIC_SUPER, fsid, SUPER_BLKNO, 1);
+    let sb = *SuperBlock::ref_from_prefix(&meta_super)
+        .map_err(|_| "super layout")?
+        .0;
+    Ok(Image {
+        meta_blocks: blocks,
+        data_super,
+        meta_super,
+        sb,
+    })
+}
+
+trait NewInode {
+    fn new_zeroed_inode() -> Inode;
+}
+
+impl NewInode for Inode {
+    fn new_zeroed_inode() -> Inode {
+        Inode::read_from_bytes(&[0u8; items::INODE_V2_BYTES]).unwrap_or_else(|_| unreachable!())
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+fn open_dev(path: &str) -> Result<FileDev, i32> {
+    FileDev::open(Path::new(path), true).map_err(|e| {
+        let errno = io_errno(&e);
+        eprintln!(
+            "failed to open '{path}': {} ({errno})",
+            crate::strerror(errno)
+        );
+        errno
+    })
+}
+
+/// Runs mkfs with parsed arguments; Err is an errno.
+#[allow(clippy::disallowed_methods)] // the root inode's times are the wall clock, as in the original
+pub fn do_mkfs(a: &MkfsArgs) -> Result<(), i32> {
+    let meta = open_dev(&a.meta)?;
+    if !a.force && has_scoutfs_super(&meta) {
+        eprintln!(
+            "meta device '{}' already contains a scoutfs filesystem, use -f to overwrite",
+            a.meta
+        );
+        return Err(libc::EEXIST);
+    }
+    let data = open_dev(&a.data)?;
+    if !a.force && has_scoutfs_super(&data) {
+        eprintln!(
+            "data device '{}' already contains a scoutfs filesystem, use -f to overwrite",
+            a.data
+        );
+        return Err(libc::EEXIST);
+    }
+    let meta_size = limit_size(&meta, &a.meta, a.max_meta_size, a.allow_small, "meta")?;
+    let data_size = limit_size(&data, &a.data, a.max_data_size, a.allow_small, "data")?;
+    let total_data = data_size >> SM_BLOCK_SHIFT;
+    if a.zone_blocks != 0 {
+        let max_zones = log_trees::DATA_ALLOC_MAX_ZONES as u64;
+        let msg = if a.zone_blocks < DATA_FILL_TARGET_BLOCKS {
+            Some(format!(
+                "must be at least {DATA_FILL_TARGET_BLOCKS} mount data allocation target blocks"
+            ))
+        } else if a.zone_blocks < total_data / max_zones {
+            Some(format!(
+                "must be greater than {} blocks which results in max {max_zones} zones",
+                total_data / max_zones
+            ))
+        } else if a.zone_blocks > total_data {
+            Some(format!(
+                "must be at most {total_data} total data device blocks"
+            ))
+        } else {
+            None
+        };
+        if let Some(m) = msg {
+            eprintln!(
+                "setting data_alloc_zone_blocks to '{}' failed, {m}",
+                a.zone_blocks
+            );
+            return Err(libc::EINVAL);
+        }
+    }
+    let fsid = u64::from_le_bytes(random_bytes::<8>());
+    let mut uuid = random_bytes::<16>();
+    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    // The original takes gettimeofday: microsecond resolution.
+    let now = (now.as_secs(), now.subsec_micros() * 1000);
+    let img = build_image(a, meta_size, data_size, fsid, uuid, now).map_err(|m| {
+        eprintln!("{m}");
+        libc::EINVAL
+    })?;
+    let werr = |e: std::io::Error| {
+        let errno = io_errno(&e);
+        eprintln!("write failed: {} ({errno})", crate::strerror(errno));
+        errno
+    };
+    for (blkno, blk) in &img.meta_blocks {
+        meta.write_at(blk, blkno * LG_BLOCK_SIZE as u64)
+            .map_err(werr)?;
+    }
+    for i in 0..QUORUM_MAX_SLOTS as u64 {
+        let mut q = vec![0u8; SM_BLOCK_SIZE];
+        seal_block(&mut q, MAGIC_QUORUM, fsid, QUORUM_BLKNO + i, 1);
+        meta.write_at(&q, (QUORUM_BLKNO + i) * SM_BLOCK_SIZE as u64)
+            .map_err(werr)?;
+    }
+    data.write_at(&img.data_super, SUPER_BLKNO * SM_BLOCK_SIZE as u64)
+        .map_err(werr)?;
+    data.sync().map_err(werr)?;
+    meta.sync().map_err(werr)?;
+    meta.write_at(&img.meta_super, SUPER_BLKNO * SM_BLOCK_SIZE as u64)
+        .map_err(werr)?;
+    meta.sync().map_err(werr)?;
+
+    let sb = &img.sb;
+    println!("Created scoutfs filesystem:");
+    println!("  meta device path:       {}", a.meta);
+    println!("  data device path:       {}", a.data);
+    println!("  fsid:                   {fsid:x}");
+    println!("  uuid:                   {}", uuid_string(&sb.uuid));
+    println!("  format version:         {}", a.fmt_vers);
+    println!(
+        "  64KB metadata blocks:   {}",
+        size_fmt(sb.total_meta_blocks.get(), LG_BLOCK_SIZE as u64)
+    );
+    println!(
+        "  4KB data blocks:        {}",
+        size_fmt(sb.total_data_blocks.get(), SM_BLOCK_SIZE as u64)
+    );
+    println!("  quorum config version:  {}", sb.qconf.version.get());
+    let mut first = true;
+    for (i, addr) in sb.qconf.active_slots() {
+        let lead = if first {
+            "  quorum slots:           "
+        } else {
+            "                          "
+        };
+        println!("{lead}{i}: {addr}");
+        first = false;
+    }
+    Ok(())
+}
+
+/// Entry point: `scoutfs mkfs …`.
+pub fn main(argv: &[String]) -> i32 {
+    let a = match parse_args(argv) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    match do_mkfs(&a) {
+        Ok(()) => 0,
+        Err(errno) => crate::failed(CMD, errno),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_print_like_the_original() {
+        assert_eq!(base_size(512 << 20), "512.00MB");
+        assert_eq!(base_size(64 << 30), "64.00GB");
+        assert_eq!(size_fmt(8192, 65536), "8192 (512.00 MB)");
+        assert_eq!(size_fmt(262144, 4096), "262144 (1.00 GB)");
+    }
+
+    #[test]
+    fn slots_parse() {
+        assert_eq!(
+            parse_slot("0,127.0.0.1,19700"),
+            Ok((0, Ipv4Addr::new(127, 0, 0, 1), 19700))
+        );
+        assert!(parse_slot("15,127.0.0.1,1").is_err());
+        assert!(parse_slot("0,::1,1").is_err());
+        assert!(parse_slot("0,1.2.3.4,0").is_err());
+        assert!(parse_slot("0,1.2.3.4").is_err());
+    }
+}
