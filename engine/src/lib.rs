@@ -1,7 +1,17 @@
 //! The scoutfs engine.
 //!
-//! * [`format`]: every on-disk structure, byte for byte, with the checksums and
-//!   hashes the original uses.
-//! * [`runtime`]: the executor and the deterministic simulation runtime.
+//! * [`format`]: every on-disk and on-wire structure, byte for byte, with the
+//!   checksums and hashes the original uses.
+//! * [`runtime`]: the production executor and the deterministic simulation.
+//! * [`block`]: the metadata block cache with copy-on-write.
+//! * [`btree`]: the COW btree over that cache.
+//! * [`alloc`]: list allocators and free-extent trees.
+//! * [`net`]: framing and reliable delivery across reconnects (sans-IO).
+//! * [`quorum`]: the leader election (sans-IO).
+pub mod alloc;
+pub mod block;
+pub mod btree;
 pub mod format;
+pub mod net;
+pub mod quorum;
 pub mod runtime;
