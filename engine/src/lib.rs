@@ -8,10 +8,14 @@
 //! * [`alloc`]: list allocators and free-extent trees.
 //! * [`net`]: framing and reliable delivery across reconnects (sans-IO).
 //! * [`quorum`]: the leader election (sans-IO).
+//! * [`link`]: the mount ⇄ server request seam.
+//! * [`item`]: the item API filesystem operations use.
 pub mod alloc;
 pub mod block;
 pub mod btree;
 pub mod format;
+pub mod item;
+pub mod link;
 pub mod net;
 pub mod quorum;
 pub mod runtime;

@@ -473,3 +473,29 @@ mod tests {
         assert!(decode_quorum_message(wrong_slot.as_bytes(), 0xabc).is_err());
     }
 }
+
+/// STATFS reply: totals and free counts from the stable super plus every
+/// log tree's allocators.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    KnownLayout,
+    Immutable,
+    Unaligned,
+)]
+#[repr(C)]
+pub struct NetStatfs {
+    pub uuid: [u8; 16],
+    pub free_meta_blocks: U64,
+    pub total_meta_blocks: U64,
+    pub free_data_blocks: U64,
+    pub total_data_blocks: U64,
+    pub inode_count: U64,
+}
+assert_layout!(NetStatfs, 56);
