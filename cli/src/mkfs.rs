@@ -22,7 +22,7 @@ use engine::format::*;
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::args::{self, OptSpec};
-use crate::dev::{Device, FileDev};
+use crate::dev::{self, BlockDevice, FileDevice};
 
 const CMD: &str = "mkfs";
 
@@ -261,25 +261,8 @@ fn size_fmt(nr: u64, unit: u64) -> String {
 }
 
 /// Applies the max size and minimum size rules; Err is an errno.
-fn limit_size(
-    dev: &dyn Device,
-    path: &str,
-    max: u64,
-    allow_small: bool,
-    what: &str,
-) -> Result<u64, i32> {
-    let mut size = dev.size().map_err(|e| {
-        let errno = e.raw_os_error().unwrap_or(libc::EIO);
-        if errno == libc::EINVAL {
-            eprintln!("path isn't regular or device file '{path}'");
-        } else {
-            eprintln!(
-                "failed to stat '{path}': {} ({errno})",
-                crate::strerror(errno)
-            );
-        }
-        errno
-    })?;
+fn limit_size(dev: &dyn BlockDevice, max: u64, allow_small: bool, what: &str) -> Result<u64, i32> {
+    let mut size = dev.size_bytes();
     if max != 0 {
         if size > max {
             println!(
@@ -315,8 +298,8 @@ fn limit_size(
 }
 
 /// True if the device holds a super block with a valid magic and crc.
-pub fn has_scoutfs_super(dev: &dyn Device) -> bool {
-    match crate::dev::read_sm(dev, SUPER_BLKNO) {
+pub fn has_scoutfs_super(dev: &dyn BlockDevice) -> bool {
+    match dev::read_sm(dev, SUPER_BLKNO) {
         Ok(b) => block::check_fixed_block(&b, MAGIC_SUPER, SUPER_BLKNO).is_ok(),
         Err(_) => false,
     }
@@ -555,9 +538,15 @@ fn io_errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
 
-fn open_dev(path: &str) -> Result<FileDev, i32> {
-    FileDev::open(Path::new(path), true).map_err(|e| {
+/// Opens a device exclusively for the whole run; a path that is neither a
+/// regular file nor a block device gets the original's message.
+fn open_dev(path: &str) -> Result<FileDevice, i32> {
+    dev::open_exclusive(Path::new(path)).map_err(|e| {
         let errno = io_errno(&e);
+        if errno == libc::ENODEV {
+            eprintln!("path isn't regular or device file '{path}'");
+            return libc::EINVAL;
+        }
         eprintln!(
             "failed to open '{path}': {} ({errno})",
             crate::strerror(errno)
@@ -585,8 +574,8 @@ pub fn do_mkfs(a: &MkfsArgs) -> Result<(), i32> {
         );
         return Err(libc::EEXIST);
     }
-    let meta_size = limit_size(&meta, &a.meta, a.max_meta_size, a.allow_small, "meta")?;
-    let data_size = limit_size(&data, &a.data, a.max_data_size, a.allow_small, "data")?;
+    let meta_size = limit_size(&meta, a.max_meta_size, a.allow_small, "meta")?;
+    let data_size = limit_size(&data, a.max_data_size, a.allow_small, "data")?;
     let total_data = data_size >> SM_BLOCK_SHIFT;
     if a.zone_blocks != 0 {
         let max_zones = log_trees::DATA_ALLOC_MAX_ZONES as u64;
@@ -633,22 +622,19 @@ pub fn do_mkfs(a: &MkfsArgs) -> Result<(), i32> {
         errno
     };
     for (blkno, blk) in &img.meta_blocks {
-        meta.write_at(blk, blkno * LG_BLOCK_SIZE as u64)
-            .map_err(werr)?;
+        dev::write_bytes(&meta, blkno * LG_BLOCK_SIZE as u64, blk).map_err(werr)?;
     }
     for i in 0..QUORUM_MAX_SLOTS as u64 {
         let mut q = vec![0u8; SM_BLOCK_SIZE];
         seal_block(&mut q, MAGIC_QUORUM, fsid, QUORUM_BLKNO + i, 1);
-        meta.write_at(&q, (QUORUM_BLKNO + i) * SM_BLOCK_SIZE as u64)
-            .map_err(werr)?;
+        dev::write_bytes(&meta, (QUORUM_BLKNO + i) * SM_BLOCK_SIZE as u64, &q).map_err(werr)?;
     }
-    data.write_at(&img.data_super, SUPER_BLKNO * SM_BLOCK_SIZE as u64)
-        .map_err(werr)?;
-    data.sync().map_err(werr)?;
-    meta.sync().map_err(werr)?;
-    meta.write_at(&img.meta_super, SUPER_BLKNO * SM_BLOCK_SIZE as u64)
-        .map_err(werr)?;
-    meta.sync().map_err(werr)?;
+    let super_off = SUPER_BLKNO * SM_BLOCK_SIZE as u64;
+    dev::write_bytes(&data, super_off, &img.data_super).map_err(werr)?;
+    dev::flush(&data).map_err(werr)?;
+    dev::flush(&meta).map_err(werr)?;
+    dev::write_bytes(&meta, super_off, &img.meta_super).map_err(werr)?;
+    dev::flush(&meta).map_err(werr)?;
 
     let sb = &img.sb;
     println!("Created scoutfs filesystem:");

@@ -32,7 +32,7 @@ use engine::format::*;
 use zerocopy::{FromBytes, Immutable, KnownLayout};
 
 use crate::args::{self, OptSpec};
-use crate::dev::{self, Device, FileDev};
+use crate::dev::{self, BlockDevice};
 
 const CMD: &str = "print";
 
@@ -175,7 +175,7 @@ fn print_fs_value(out: &mut String, k: &Key, val: &[u8]) {
             let _ = writeln!(o, "      index: major {} ino {}", k.second, k.third);
         }
         (zone::ORPHAN, engine::format::key::ORPHAN_TYPE) => {
-            let _ = writeln!(o, "    orphan: ino {}", k.third);
+            let _ = writeln!(o, "    orphan: ino {}", k.second);
         }
         (zone::QUOTA, _) => {
             short_note(o, val, 48);
@@ -543,13 +543,13 @@ fn print_item(out: &mut String, kind: Kind, k: &Key, seq: u64, flags: u8, val: O
 
 /// Printing state: the device, output and what has gone wrong.
 pub struct Printer<'a> {
-    dev: &'a dyn Device,
+    dev: &'a dyn BlockDevice,
     pub out: String,
     pub errors: usize,
 }
 
 impl<'a> Printer<'a> {
-    pub fn new(dev: &'a dyn Device) -> Self {
+    pub fn new(dev: &'a dyn BlockDevice) -> Self {
         Printer {
             dev,
             out: String::new(),
@@ -1083,7 +1083,7 @@ impl<'a> Printer<'a> {
 }
 
 /// Prints a volume to a string; the bool is true when every block decoded.
-pub fn print_to_string(dev: &dyn Device, skip_huge: bool) -> (String, Result<(), i32>) {
+pub fn print_to_string(dev: &dyn BlockDevice, skip_huge: bool) -> (String, Result<(), i32>) {
     let mut p = Printer::new(dev);
     let r = p.volume(skip_huge);
     let r = match r {
@@ -1113,7 +1113,7 @@ pub fn main(argv: &[String]) -> i32 {
         return args::usage_error(CMD, "no metadata device argument given");
     };
     let skip = p.opts.iter().any(|(c, _)| *c == 'S');
-    let dev = match FileDev::open(std::path::Path::new(path), false) {
+    let dev = match dev::open_read_only(std::path::Path::new(path)) {
         Ok(d) => d,
         Err(e) => {
             let errno = e.raw_os_error().unwrap_or(libc::EIO);

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use scoutfs_cli::check::check_volume;
-use scoutfs_cli::dev::FileDev;
+use engine::check::check_volume;
+use scoutfs_cli::dev::open_read_only;
 use scoutfs_cli::print::print_to_string;
 
 fn sparse(path: &Path, len: u64) {
@@ -25,10 +25,10 @@ fn s(p: &Path) -> &str {
 }
 
 fn check_and_print(meta: &Path, data: &Path) {
-    let m = FileDev::open(meta, false).unwrap();
-    let d = FileDev::open(data, false).unwrap();
-    let faults = check_volume(&m, Some(&d)).unwrap();
-    assert!(faults.is_empty(), "{faults:#?}");
+    let m = open_read_only(meta).unwrap();
+    let d = open_read_only(data).unwrap();
+    let report = check_volume(&m, Some(&d), &mut |_| {}).unwrap();
+    assert!(report.is_clean(), "{:#?}", report.messages());
     let (out, r) = print_to_string(&m, false);
     assert_eq!(r, Ok(()));
     assert!(out.starts_with("super blkno 16\n"));
@@ -162,4 +162,73 @@ fn usage_errors_are_argp_style() {
     assert_eq!(o.status.code(), Some(64));
     let o = scoutfs(&["check", "/nonexistent/meta"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// mkfs holds its devices exclusively for the whole run: a second opener
+/// (another mkfs, or anything else asking for exclusivity) is refused with
+/// EBUSY before anything is written, so two mkfs runs can't interleave.
+#[test]
+fn mkfs_refuses_a_device_held_exclusively() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = (dir.path().join("meta"), dir.path().join("data"));
+    sparse(&meta, 512 << 20);
+    sparse(&data, 1 << 30);
+    let held = scoutfs_cli::dev::open_exclusive(&data).unwrap();
+    let o = scoutfs(&["mkfs", "-A", s(&meta), s(&data), "-Q", "0,127.0.0.1,19700"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(
+        err.contains(&format!(
+            "failed to open '{}': Device or resource busy (16)",
+            s(&data)
+        )),
+        "{err}"
+    );
+    assert!(all_zero(&meta) && all_zero(&data));
+    drop(held);
+    let o = scoutfs(&["mkfs", "-A", s(&meta), s(&data), "-Q", "0,127.0.0.1,19700"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // print and check only read: they run while someone holds the device.
+    let _held = scoutfs_cli::dev::open_exclusive(&meta).unwrap();
+    assert_eq!(scoutfs(&["print", s(&meta)]).status.code(), Some(0));
+    assert_eq!(
+        scoutfs(&["check", s(&meta), s(&data)]).status.code(),
+        Some(0)
+    );
+}
+
+/// The check command's exit codes and output: 1 with one line per fault
+/// and a count when a block is damaged, 2 when there is no filesystem.
+#[test]
+fn check_reports_damage_with_exit_1_and_no_fs_with_exit_2() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = (dir.path().join("meta"), dir.path().join("data"));
+    sparse(&meta, 512 << 20);
+    sparse(&data, 1 << 30);
+    assert!(
+        scoutfs(&["mkfs", "-A", s(&meta), s(&data), "-Q", "0,127.0.0.1,19700"])
+            .status
+            .success()
+    );
+    // Damage the fs_root leaf (blkno 2) past its header.
+    let f = std::fs::OpenOptions::new().write(true).open(&meta).unwrap();
+    f.write_all_at(&[0xff; 8], 2 * 65536 + 1000).unwrap();
+    drop(f);
+    let o = scoutfs(&["check", s(&meta), s(&data)]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        out.contains("super.fs_root -> blkno 2: "),
+        "no fault names the block: {out}"
+    );
+    assert!(out.ends_with(" faults found\n"), "{out}");
+    assert!(o.stderr.is_empty(), "no progress bar without a terminal");
+    sparse(&meta, 512 << 20);
+    let o = scoutfs(&["check", s(&meta)]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8(o.stderr).unwrap(),
+        "check: meta device holds no scoutfs super\n"
+    );
 }

@@ -27,7 +27,8 @@ pub struct FileDevice {
 }
 
 impl FileDevice {
-    /// Opens `path` (regular file or block device) read-write.
+    /// Opens `path` (regular file or block device) read-write, or read-only
+    /// with [`OpenOptions::read_only`].
     pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> io::Result<Self> {
         let inner = os::open_device(path.as_ref(), opts)?;
         Ok(Self {

@@ -1,13 +1,13 @@
 //! Opening devices and the synchronous syscalls shared by the `file` and
 //! `uring` drivers.
 //!
-//! What it guarantees: [`open_device`] returns a read-write descriptor for a
-//! regular file or a block device, with the size fixed at open (fstat for
-//! files, `BLKGETSIZE64` for block devices), and with the exclusivity the
-//! options asked for (`O_EXCL` for block devices, a non-blocking
-//! `flock(LOCK_EX)` held for the life of the descriptor for files, `EBUSY` when
-//! someone else holds it). The transfer helpers loop over short transfers and
-//! `EINTR` so that a call either moves every byte or fails.
+//! What it guarantees: [`open_device`] returns a read-write (or, when asked,
+//! read-only) descriptor for a regular file or a block device, with the size
+//! fixed at open (fstat for files, `BLKGETSIZE64` for block devices), and with
+//! the exclusivity the options asked for (`O_EXCL` for block devices, a
+//! non-blocking `flock(LOCK_EX)` held for the life of the descriptor for files,
+//! `EBUSY` when someone else holds it). The transfer helpers loop over short
+//! transfers and `EINTR` so that a call either moves every byte or fails.
 //!
 //! It touches only the OS; it knows nothing of futures or rings.
 
@@ -39,6 +39,9 @@ pub struct OpenOptions {
     /// exclusive claim, which also conflicts with mounts), a non-blocking
     /// `flock(LOCK_EX)` for regular files. Fails with `EBUSY` when taken.
     pub exclusive: bool,
+    /// Open `O_RDONLY`, for tools that only look (print, check): writes and
+    /// discards then fail with `EBADF`.
+    pub read_only: bool,
 }
 
 impl Default for OpenOptions {
@@ -47,6 +50,7 @@ impl Default for OpenOptions {
         Self {
             direct: false,
             exclusive: false,
+            read_only: false,
         }
     }
 }
@@ -65,6 +69,11 @@ impl OpenOptions {
         self.exclusive = on;
         self
     }
+
+    pub fn read_only(mut self, on: bool) -> Self {
+        self.read_only = on;
+        self
+    }
 }
 
 /// An open device: the descriptor, its fixed size and what kind it is.
@@ -79,7 +88,8 @@ fn errno(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
 }
 
-/// Opens `path` read-write as described in the module comment.
+/// Opens `path` read-write (read-only if asked) as described in the module
+/// comment.
 pub(crate) fn open_device(path: &Path, opts: &OpenOptions) -> io::Result<OpenedDevice> {
     // Look first (without opening) so O_EXCL is only given to block devices:
     // on a regular file without O_CREAT its meaning is undefined.
@@ -93,7 +103,7 @@ pub(crate) fn open_device(path: &Path, opts: &OpenOptions) -> io::Result<OpenedD
     }
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .write(true)
+        .write(!opts.read_only)
         .custom_flags(flags)
         .open(path)?;
     let meta = file.metadata()?;

@@ -6,6 +6,7 @@
 //! * [`block`]: the metadata block cache with copy-on-write.
 //! * [`btree`]: the COW btree over that cache.
 //! * [`alloc`]: list allocators and free-extent trees.
+//! * [`check`]: the offline volume checker behind `scoutfs check`.
 //! * [`net`]: framing and reliable delivery across reconnects (sans-IO).
 //! * [`quorum`]: the leader election (sans-IO).
 //! * [`link`]: the mount ⇄ server request seam.
@@ -13,6 +14,7 @@
 pub mod alloc;
 pub mod block;
 pub mod btree;
+pub mod check;
 pub mod format;
 pub mod item;
 pub mod link;

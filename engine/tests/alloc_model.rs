@@ -6,13 +6,18 @@
 //! nothing leaks. Blocks freed in a transaction are never handed out again
 //! before it commits.
 //!
+//! Each test runs on the production executor and then on the deterministic
+//! simulation, where every device op stays pending a seeded-random number of
+//! polls; COW seqs come from the runtime's randomness.
+//!
 //! `SCOUTFS_PROPTEST_OPS` scales the number of operations (default 100000
-//! across the btree tests; this file runs a tenth of it).
+//! across the btree tests; this file runs a tenth of it, per runtime).
+//! `SCOUTFS_PROPTEST_SEED` sets the base seed; a failure prints how to
+//! replay it.
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake};
 
 use drivers::{AlignedBuf, FaultDevice};
 use engine::alloc::{
@@ -24,41 +29,107 @@ use engine::btree::Btree;
 use engine::format::alloc::AllocListBlock;
 use engine::format::superblock::{AllocListHead, AllocRoot, ALLOC_FLAG_LOW};
 use engine::format::{BlockRef, LG_BLOCK_SIZE, MAGIC_ALLOC_LIST};
+use engine::runtime::{for_each_runtime, Runtime, RuntimeKind};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use zerocopy::FromBytes;
 
-fn block_on<F: Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
+/// Most polls a simulated device op stays pending before it takes effect.
+const MAX_PENDING_POLLS: u32 = 3;
+
+/// What a test body gets: the runtime it runs on, and devices, COW seqs and
+/// randomness that follow that runtime's seed.
+#[derive(Clone)]
+struct Env {
+    rt: Runtime,
+}
+
+impl Env {
+    fn is_sim(&self) -> bool {
+        self.rt.kind() == RuntimeKind::Simulation
     }
-    let waker = Arc::new(Unpark(std::thread::current())).into();
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
+
+    /// A zeroed in-memory device; in the simulation each op stays pending a
+    /// seeded-random number of polls.
+    fn device(&self, size_bytes: u64) -> FaultDevice {
+        let dev = FaultDevice::new(size_bytes);
+        if self.is_sim() {
+            dev.set_completion_delay(self.rt.random_u64(), MAX_PENDING_POLLS);
         }
-        std::thread::park();
+        dev
+    }
+
+    /// COW seqs from the runtime's randomness, as the engine draws them.
+    fn seqs(&self) -> SeqSource {
+        let rt = self.rt.clone();
+        Arc::new(move || rt.random_u64())
+    }
+
+    fn rng(&self) -> SmallRng {
+        SmallRng::seed_from_u64(self.rt.random_u64())
     }
 }
 
-fn seqs(seed: u64) -> SeqSource {
-    let rng = std::sync::Mutex::new(SmallRng::seed_from_u64(seed));
-    Arc::new(move || rng.lock().unwrap().gen())
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn base_seed() -> u64 {
+    env_u64("SCOUTFS_PROPTEST_SEED", 0x5eed)
+}
+
+/// Says how to replay a run that panics while it is alive.
+struct ReplayNote {
+    test: &'static str,
+    seed: u64,
+    kind: RuntimeKind,
+}
+
+impl Drop for ReplayNote {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "{} failed on the {:?} runtime, seed {}: replay with SCOUTFS_PROPTEST_SEED={}",
+                self.test,
+                self.kind,
+                self.seed,
+                base_seed()
+            );
+        }
+    }
+}
+
+/// Runs `body` on the production executor and then on the simulation, both
+/// seeded with `base_seed() + salt`.
+fn on_both_runtimes<T, F, Fut>(test: &'static str, salt: u64, body: F) -> Vec<T>
+where
+    F: Fn(Env) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let seed = base_seed().wrapping_add(salt);
+    let outputs = for_each_runtime(seed, |rt| {
+        let note = ReplayNote {
+            test,
+            seed,
+            kind: rt.kind(),
+        };
+        let run = body(Env { rt });
+        async move {
+            let out = run.await;
+            drop(note);
+            out
+        }
+    });
+    outputs.into_iter().map(|(_, out)| out).collect()
 }
 
 const FSID: u64 = 0xa110c;
 
 fn total_ops() -> u64 {
-    std::env::var("SCOUTFS_PROPTEST_OPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000)
-        / 10
+    env_u64("SCOUTFS_PROPTEST_OPS", 100_000) / 10
 }
 
 /// A one-block list at `blkno` holding `entries`, installed dirty.
@@ -93,22 +164,17 @@ struct World {
 }
 
 impl World {
-    fn new(blocks: u64, seed: u64) -> World {
-        let dev = FaultDevice::new(blocks * LG_BLOCK_SIZE as u64);
-        let cache = Arc::new(BlockCache::new(Arc::new(dev), FSID, 256, seqs(seed)));
+    async fn new(env: &Env, blocks: u64) -> World {
+        let dev = env.device(blocks * LG_BLOCK_SIZE as u64);
+        let cache = Arc::new(BlockCache::new(Arc::new(dev), FSID, 256, env.seqs()));
         let btree = Btree::new(cache.clone());
         let c_avail = make_list(&cache, 2, 4..1004);
         let s_avail = make_list(&cache, 3, 1004..3004);
         let mut server = ListAlloc::new(cache.clone(), s_avail, AllocListHead::default());
         let mut root = AllocRoot::default();
-        block_on(free_extent(
-            &btree,
-            &mut server,
-            &mut root,
-            3004,
-            blocks - 3004,
-        ))
-        .unwrap();
+        free_extent(&btree, &mut server, &mut root, 3004, blocks - 3004)
+            .await
+            .unwrap();
         let client = ListAlloc::new(cache.clone(), c_avail, AllocListHead::default());
         let mut w = World {
             cache,
@@ -119,16 +185,16 @@ impl World {
             root,
             held: BTreeSet::new(),
         };
-        w.commit();
+        w.commit().await;
         w
     }
 
-    fn commit(&mut self) {
-        block_on(self.cache.write_dirty_and_flush()).unwrap();
+    async fn commit(&mut self) {
+        self.cache.write_dirty_and_flush().await.unwrap();
     }
 
     /// Every block from 2 up appears exactly once across all owners.
-    fn account(&self) {
+    async fn account(&self) {
         let mut seen = vec![0u8; self.blocks as usize];
         let mut mark = |b: u64, what: &str| {
             assert!(b >= 2 && b < self.blocks, "{what} names blkno {b}");
@@ -144,15 +210,15 @@ impl World {
             ("server avail", &self.server.avail),
             ("server freed", &self.server.freed),
         ] {
-            let (entries, blocks) = block_on(list_blknos(&self.cache, head)).unwrap();
+            let (entries, blocks) = list_blknos(&self.cache, head).await.unwrap();
             entries.iter().for_each(|&b| mark(b, name));
             blocks.iter().for_each(|&b| mark(b, name));
         }
-        let tree = block_on(self.btree.check(&self.root.root)).unwrap();
+        let tree = self.btree.check(&self.root.root).await.unwrap();
         tree.blknos
             .iter()
             .for_each(|&b| mark(b, "extent tree block"));
-        let ext = block_on(check_extents(&self.btree, &self.root)).unwrap();
+        let ext = check_extents(&self.btree, &self.root).await.unwrap();
         for (s, l) in ext.extents {
             (s..s + l).for_each(|b| mark(b, "free extent"));
         }
@@ -170,9 +236,17 @@ impl World {
 
 #[test]
 fn alloc_random_sequences_account_for_every_block() {
-    let mut rng = SmallRng::seed_from_u64(0xa11);
-    let mut w = World::new(8192, 1);
-    w.account();
+    on_both_runtimes(
+        "alloc_random_sequences_account_for_every_block",
+        0xa11,
+        random_sequences,
+    );
+}
+
+async fn random_sequences(env: Env) {
+    let mut rng = env.rng();
+    let mut w = World::new(&env, 8192).await;
+    w.account().await;
     let ops = total_ops();
     let txn_ops = 500;
     let mut done = 0;
@@ -180,7 +254,7 @@ fn alloc_random_sequences_account_for_every_block() {
         let mut freed_now = BTreeSet::new();
         for _ in 0..txn_ops {
             match rng.gen_range(0..100) {
-                0..=39 => match block_on(w.client.alloc()) {
+                0..=39 => match w.client.alloc().await {
                     Ok(b) => {
                         assert!(
                             !freed_now.contains(&b),
@@ -197,13 +271,13 @@ fn alloc_random_sequences_account_for_every_block() {
                             .min(w.held.len().saturating_sub(1)),
                     ) {
                         w.held.remove(&b);
-                        block_on(w.client.free(b)).unwrap();
+                        w.client.free(b).await.unwrap();
                         freed_now.insert(b);
                     }
                 }
                 70..=84 => {
                     let max = rng.gen_range(1..64);
-                    match block_on(alloc_extent(&w.btree, &mut w.server, &mut w.root, max)) {
+                    match alloc_extent(&w.btree, &mut w.server, &mut w.root, max).await {
                         Ok((s, l)) => {
                             assert!(l >= 1 && l <= max);
                             for b in s..s + l {
@@ -227,93 +301,106 @@ fn alloc_random_sequences_account_for_every_block() {
                         for x in b..e {
                             w.held.remove(&x);
                         }
-                        block_on(free_extent(&w.btree, &mut w.server, &mut w.root, b, e - b))
+                        free_extent(&w.btree, &mut w.server, &mut w.root, b, e - b)
+                            .await
                             .unwrap();
                     }
                 }
             }
         }
         done += txn_ops;
-        w.commit();
-        w.account();
+        w.commit().await;
+        w.account().await;
         // The server folds the committed freed list back and refills avail.
         let mut freed = std::mem::take(&mut w.client.freed);
-        block_on(empty_list_into_extents(
-            &w.btree,
-            &mut w.server,
-            &mut freed,
-            &mut w.root,
-        ))
-        .unwrap();
+        empty_list_into_extents(&w.btree, &mut w.server, &mut freed, &mut w.root)
+            .await
+            .unwrap();
         assert_eq!(freed.total_nr.get(), 0);
         if w.client.avail.total_nr.get() < 300 {
             let mut avail = w.client.avail;
-            let got = block_on(move_to_list(
-                &w.btree,
-                &mut w.server,
-                &mut avail,
-                &mut w.root,
-                700,
-            ))
-            .unwrap();
+            let got = move_to_list(&w.btree, &mut w.server, &mut avail, &mut w.root, 700)
+                .await
+                .unwrap();
             assert!(got > 0);
             w.client.avail = avail;
         }
-        w.commit();
-        w.account();
+        w.commit().await;
+        w.account().await;
     }
 }
 
 #[test]
 fn alloc_extents_merge_neighbours_and_carve_from_the_largest() {
-    let mut w = World::new(8192, 2);
+    on_both_runtimes(
+        "alloc_extents_merge_neighbours_and_carve_from_the_largest",
+        2,
+        merge_and_carve,
+    );
+}
+
+async fn free(w: &mut World, s: u64, l: u64) {
+    free_extent(&w.btree, &mut w.server, &mut w.root, s, l)
+        .await
+        .unwrap()
+}
+
+async fn merge_and_carve(env: Env) {
+    let mut w = World::new(&env, 8192).await;
     // Take everything out of the extent tree, then free pieces back.
     let mut got = Vec::new();
-    while let Ok((s, l)) = block_on(alloc_extent(&w.btree, &mut w.server, &mut w.root, 1 << 20)) {
+    while let Ok((s, l)) = alloc_extent(&w.btree, &mut w.server, &mut w.root, 1 << 20).await {
         got.push((s, l));
     }
     assert_eq!(w.root.total_len.get(), 0);
     assert_eq!(got, vec![(3004, 8192 - 3004)], "one extent, carved whole");
-    let free = |w: &mut World, s: u64, l: u64| {
-        block_on(free_extent(&w.btree, &mut w.server, &mut w.root, s, l)).unwrap()
-    };
-    free(&mut w, 4000, 10);
-    free(&mut w, 4020, 10);
-    free(&mut w, 5000, 100);
+    free(&mut w, 4000, 10).await;
+    free(&mut w, 4020, 10).await;
+    free(&mut w, 5000, 100).await;
     assert_eq!(
-        block_on(check_extents(&w.btree, &w.root)).unwrap().extents,
+        check_extents(&w.btree, &w.root).await.unwrap().extents,
         vec![(4000, 10), (4020, 10), (5000, 100)]
     );
     // Filling the gap merges left and right.
-    free(&mut w, 4010, 10);
+    free(&mut w, 4010, 10).await;
     assert_eq!(
-        block_on(check_extents(&w.btree, &w.root)).unwrap().extents,
+        check_extents(&w.btree, &w.root).await.unwrap().extents,
         vec![(4000, 30), (5000, 100)]
     );
     // Overlapping frees are refused.
-    let e = block_on(free_extent(&w.btree, &mut w.server, &mut w.root, 4025, 10)).unwrap_err();
+    let e = free_extent(&w.btree, &mut w.server, &mut w.root, 4025, 10)
+        .await
+        .unwrap_err();
     assert_eq!(e.errno(), libc::EINVAL);
-    let e = block_on(free_extent(&w.btree, &mut w.server, &mut w.root, 3990, 11)).unwrap_err();
+    let e = free_extent(&w.btree, &mut w.server, &mut w.root, 3990, 11)
+        .await
+        .unwrap_err();
     assert_eq!(e.errno(), libc::EINVAL);
     // Allocation carves from the front of the largest extent.
     assert_eq!(
-        block_on(alloc_extent(&w.btree, &mut w.server, &mut w.root, 7)).unwrap(),
+        alloc_extent(&w.btree, &mut w.server, &mut w.root, 7)
+            .await
+            .unwrap(),
         (5000, 7)
     );
     assert_eq!(
-        block_on(alloc_extent(&w.btree, &mut w.server, &mut w.root, 1000)).unwrap(),
+        alloc_extent(&w.btree, &mut w.server, &mut w.root, 1000)
+            .await
+            .unwrap(),
         (5007, 93)
     );
     assert_eq!(
-        block_on(alloc_extent(&w.btree, &mut w.server, &mut w.root, 1000)).unwrap(),
+        alloc_extent(&w.btree, &mut w.server, &mut w.root, 1000)
+            .await
+            .unwrap(),
         (4000, 30)
     );
     assert!(matches!(
-        block_on(alloc_extent(&w.btree, &mut w.server, &mut w.root, 1)),
+        alloc_extent(&w.btree, &mut w.server, &mut w.root, 1).await,
         Err(Error::NoSpace(_))
     ));
     // The LOW flag follows total_len.
-    free(&mut w, 6000, 50);
+    free(&mut w, 6000, 50).await;
     assert!(set_low_flag(&mut w.root, 100));
     assert_eq!(w.root.flags.get() & ALLOC_FLAG_LOW, ALLOC_FLAG_LOW);
     assert!(!set_low_flag(&mut w.root, 50));
@@ -322,14 +409,22 @@ fn alloc_extents_merge_neighbours_and_carve_from_the_largest() {
 
 #[test]
 fn alloc_random_extents_keep_both_indexes_consistent() {
-    let mut rng = SmallRng::seed_from_u64(0xe77);
-    let mut w = World::new(8192, 3);
+    on_both_runtimes(
+        "alloc_random_extents_keep_both_indexes_consistent",
+        0xe77,
+        random_extents,
+    );
+}
+
+async fn random_extents(env: Env) {
+    let mut rng = env.rng();
+    let mut w = World::new(&env, 8192).await;
     let mut model: BTreeSet<u64> = (3004..8192).collect();
     let mut held: Vec<(u64, u64)> = Vec::new();
     for i in 0..total_ops() / 2 {
         if rng.gen_bool(0.55) || held.is_empty() {
             let max = rng.gen_range(1..200);
-            if let Ok((s, l)) = block_on(alloc_extent(&w.btree, &mut w.server, &mut w.root, max)) {
+            if let Ok((s, l)) = alloc_extent(&w.btree, &mut w.server, &mut w.root, max).await {
                 for b in s..s + l {
                     assert!(model.remove(&b), "allocated non-free blkno {b}");
                 }
@@ -337,14 +432,16 @@ fn alloc_random_extents_keep_both_indexes_consistent() {
             }
         } else {
             let (s, l) = held.swap_remove(rng.gen_range(0..held.len()));
-            block_on(free_extent(&w.btree, &mut w.server, &mut w.root, s, l)).unwrap();
+            free_extent(&w.btree, &mut w.server, &mut w.root, s, l)
+                .await
+                .unwrap();
             model.extend(s..s + l);
         }
         if i % 200 == 0 {
-            let ext = block_on(check_extents(&w.btree, &w.root)).unwrap();
+            let ext = check_extents(&w.btree, &w.root).await.unwrap();
             let free: BTreeSet<u64> = ext.extents.iter().flat_map(|&(s, l)| s..s + l).collect();
             assert_eq!(free, model);
-            w.commit();
+            w.commit().await;
         }
     }
 }

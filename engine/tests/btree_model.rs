@@ -1,5 +1,5 @@
 //! The btree against a std `BTreeMap` model, and against the original's
-//! unbalanced blocks.
+//! unbalanced blocks, on both runtimes.
 //!
 //! The model tests run long seeded sequences of insert / force / update /
 //! delete / insert_list / lookup / next / prev / range with values of 0..=896
@@ -11,19 +11,23 @@
 //! references are exactly the ones the test allocator has handed out (no
 //! leak, no double reference), and the tree's contents equal the model.
 //!
-//! Scale: `SCOUTFS_PROPTEST_OPS` (default 100000) is the total number of
-//! random operations across the model tests; raise it for long runs, e.g.
-//! `SCOUTFS_PROPTEST_OPS=5000000 cargo test --release -p scoutfs-engine --test btree_model`.
-//! `SCOUTFS_PROPTEST_SEED` picks the base seed.
+//! Runtimes: each model test runs on the production executor and then on the
+//! deterministic simulation (`for_each_runtime`). COW seqs come from the
+//! runtime's `random_u64`; in the simulation every device op stays pending
+//! a seeded-random number of polls (`FaultDevice::set_completion_delay`), so
+//! each seed interleaves I/O completions differently.
 //!
-//! The tests drive the futures with a minimal `block_on`; the in-memory
-//! devices complete without a reactor.
+//! Scale: `SCOUTFS_PROPTEST_OPS` (default 100000) is the number of random
+//! operations across the model tests *on each runtime*; raise it for long
+//! runs, e.g.
+//! `SCOUTFS_PROPTEST_OPS=5000000 cargo test --release -p scoutfs-engine --test btree_model`.
+//! `SCOUTFS_PROPTEST_SEED` sets the base seed; a failure prints the seed and
+//! runtime, and setting the variable to that seed replays it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake};
 
 use drivers::{BlockDevice, FaultDevice};
 use engine::block::{BlockCache, Error, Result, SeqSource};
@@ -31,31 +35,101 @@ use engine::btree::{BoxFuture, Btree, ListItem, ListOp, MetaAllocator};
 use engine::format::btree_block::BlockView;
 use engine::format::superblock::{BtreeRoot, SuperBlock};
 use engine::format::{Key, LG_BLOCK_SIZE, MAGIC_BTREE, MAX_VAL_SIZE, SM_BLOCK_SIZE, SUPER_BLKNO};
+use engine::runtime::{for_each_runtime, Runtime, RuntimeKind};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use zerocopy::FromBytes;
 
-fn block_on<F: Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
+/// Most polls a simulated device op stays pending before it takes effect.
+const MAX_PENDING_POLLS: u32 = 3;
+
+/// What a test body gets: the runtime it runs on, and devices, COW seqs and
+/// randomness that follow that runtime's seed.
+#[derive(Clone)]
+struct Env {
+    rt: Runtime,
+}
+
+impl Env {
+    fn is_sim(&self) -> bool {
+        self.rt.kind() == RuntimeKind::Simulation
     }
-    let waker = Arc::new(Unpark(std::thread::current())).into();
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
+
+    /// A zeroed in-memory device; in the simulation each op stays pending a
+    /// seeded-random number of polls.
+    fn device(&self, size_bytes: u64) -> FaultDevice {
+        let dev = FaultDevice::new(size_bytes);
+        if self.is_sim() {
+            dev.set_completion_delay(self.rt.random_u64(), MAX_PENDING_POLLS);
         }
-        std::thread::park();
+        dev
+    }
+
+    /// COW seqs from the runtime's randomness, as the engine draws them.
+    fn seqs(&self) -> SeqSource {
+        let rt = self.rt.clone();
+        Arc::new(move || rt.random_u64())
+    }
+
+    fn rng(&self) -> SmallRng {
+        SmallRng::seed_from_u64(self.rt.random_u64())
     }
 }
 
-fn seqs(seed: u64) -> SeqSource {
-    let rng = std::sync::Mutex::new(SmallRng::seed_from_u64(seed));
-    Arc::new(move || rng.lock().unwrap().gen())
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn base_seed() -> u64 {
+    env_u64("SCOUTFS_PROPTEST_SEED", 0x5eed)
+}
+
+/// Says how to replay a run that panics while it is alive.
+struct ReplayNote {
+    test: &'static str,
+    seed: u64,
+    kind: RuntimeKind,
+}
+
+impl Drop for ReplayNote {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "{} failed on the {:?} runtime, seed {}: replay with SCOUTFS_PROPTEST_SEED={}",
+                self.test,
+                self.kind,
+                self.seed,
+                base_seed()
+            );
+        }
+    }
+}
+
+/// Runs `body` on the production executor and then on the simulation, both
+/// seeded with `base_seed() + salt`.
+fn on_both_runtimes<T, F, Fut>(test: &'static str, salt: u64, body: F) -> Vec<T>
+where
+    F: Fn(Env) -> Fut,
+    Fut: Future<Output = T>,
+{
+    let seed = base_seed().wrapping_add(salt);
+    let outputs = for_each_runtime(seed, |rt| {
+        let note = ReplayNote {
+            test,
+            seed,
+            kind: rt.kind(),
+        };
+        let run = body(Env { rt });
+        async move {
+            let out = run.await;
+            drop(note);
+            out
+        }
+    });
+    outputs.into_iter().map(|(_, out)| out).collect()
 }
 
 const FSID: u64 = 0x5c07_f500_u64;
@@ -116,22 +190,13 @@ impl MetaAllocator for TestAlloc {
     }
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
+/// Random operations per runtime across the two model tests.
 fn total_ops() -> u64 {
     env_u64("SCOUTFS_PROPTEST_OPS", 100_000)
 }
 
-fn base_seed() -> u64 {
-    env_u64("SCOUTFS_PROPTEST_SEED", 0x5eed)
-}
-
 struct Harness {
+    env: Env,
     dev: Arc<dyn BlockDevice>,
     cache: Arc<BlockCache>,
     btree: Btree,
@@ -139,30 +204,28 @@ struct Harness {
     alloc: TestAlloc,
     model: BTreeMap<Key, Vec<u8>>,
     rng: SmallRng,
-    seed: u64,
     reopens: u64,
 }
 
 impl Harness {
-    fn new(seed: u64, dev_blocks: u64, cache_blocks: usize) -> Self {
-        let dev: Arc<dyn BlockDevice> =
-            Arc::new(FaultDevice::new(dev_blocks * LG_BLOCK_SIZE as u64));
-        let cache = Arc::new(BlockCache::new(dev.clone(), FSID, cache_blocks, seqs(seed)));
+    fn new(env: &Env, dev_blocks: u64, cache_blocks: usize) -> Self {
+        let dev: Arc<dyn BlockDevice> = Arc::new(env.device(dev_blocks * LG_BLOCK_SIZE as u64));
+        let cache = Arc::new(BlockCache::new(dev.clone(), FSID, cache_blocks, env.seqs()));
         Harness {
+            env: env.clone(),
             dev,
             btree: Btree::new(cache.clone()),
             cache,
             root: BtreeRoot::default(),
             alloc: TestAlloc::new(2, dev_blocks),
             model: BTreeMap::new(),
-            rng: SmallRng::seed_from_u64(seed),
-            seed,
+            rng: env.rng(),
             reopens: 0,
         }
     }
 
-    fn commit(&mut self) {
-        block_on(self.cache.write_dirty_and_flush()).unwrap();
+    async fn commit(&mut self) {
+        self.cache.write_dirty_and_flush().await.unwrap();
         assert_eq!(self.cache.dirty_count(), 0);
         self.alloc.commit(&mut self.rng);
     }
@@ -178,26 +241,29 @@ impl Harness {
                 self.dev.clone(),
                 FSID,
                 256,
-                seqs(self.seed ^ self.reopens),
+                self.env.seqs(),
             ));
             self.btree = Btree::new(cache.clone());
             self.cache = cache;
         }
     }
 
-    fn verify(&mut self) {
-        let check = block_on(self.btree.check(&self.root)).unwrap();
+    async fn verify(&mut self) {
+        let check = self.btree.check(&self.root).await.unwrap();
         let referenced: BTreeSet<u64> = check.blknos.iter().copied().collect();
         assert_eq!(
             referenced, self.alloc.live,
-            "tree blocks differ from live allocations (seed {})",
-            self.seed
+            "tree blocks differ from live allocations"
         );
         assert_eq!(check.items, self.model.len());
         let mut got = Vec::new();
         let mut start = Key::MIN;
         loop {
-            let batch = block_on(self.btree.range(&self.root, &start, &Key::MAX, 97)).unwrap();
+            let batch = self
+                .btree
+                .range(&self.root, &start, &Key::MAX, 97)
+                .await
+                .unwrap();
             got.extend(batch.items.into_iter().map(|it| (it.key, it.val)));
             match batch.next {
                 Some(k) => start = k,
@@ -205,11 +271,7 @@ impl Harness {
             }
         }
         let want: Vec<(Key, Vec<u8>)> = self.model.iter().map(|(k, v)| (*k, v.clone())).collect();
-        assert!(
-            got == want,
-            "tree contents differ from the model (seed {})",
-            self.seed
-        );
+        assert!(got == want, "tree contents differ from the model");
     }
 
     fn key(&mut self, space: u64) -> Key {
@@ -230,14 +292,14 @@ impl Harness {
 
     /// One random operation checked against the model. `grow` biases toward
     /// inserts, else toward deletes.
-    fn step(&mut self, space: u64, grow: bool) {
+    async fn step(&mut self, space: u64, grow: bool) {
         let key = self.key(space);
         let pick = self.rng.gen_range(0..100);
         let (ins, del) = if grow { (45, 60) } else { (15, 60) };
         let bt = self.btree.clone();
         if pick < ins {
             let v = self.value();
-            let r = block_on(bt.insert(&mut self.root, &mut self.alloc, &key, &v));
+            let r = bt.insert(&mut self.root, &mut self.alloc, &key, &v).await;
             match self.model.entry(key) {
                 std::collections::btree_map::Entry::Occupied(_) => {
                     assert_eq!(r, Err(Error::Exists))
@@ -248,14 +310,14 @@ impl Harness {
                 }
             }
         } else if pick < del {
-            let r = block_on(bt.delete(&mut self.root, &mut self.alloc, &key));
+            let r = bt.delete(&mut self.root, &mut self.alloc, &key).await;
             match self.model.remove(&key) {
                 Some(v) => assert_eq!(r.unwrap().val, v),
                 None => assert_eq!(r, Err(Error::NotFound)),
             }
         } else if pick < 70 {
             let v = self.value();
-            let r = block_on(bt.update(&mut self.root, &mut self.alloc, &key, &v));
+            let r = bt.update(&mut self.root, &mut self.alloc, &key, &v).await;
             match self.model.get_mut(&key) {
                 Some(old) => {
                     r.unwrap();
@@ -265,23 +327,27 @@ impl Harness {
             }
         } else if pick < 76 {
             let v = self.value();
-            block_on(bt.force(&mut self.root, &mut self.alloc, &key, &v)).unwrap();
+            bt.force(&mut self.root, &mut self.alloc, &key, &v)
+                .await
+                .unwrap();
             self.model.insert(key, v);
         } else if pick < 78 {
-            self.insert_list(space, grow);
+            self.insert_list(space, grow).await;
         } else if pick < 85 {
-            let got = block_on(bt.lookup(&self.root, &key))
-                .unwrap()
-                .map(|it| it.val);
+            let got = bt.lookup(&self.root, &key).await.unwrap().map(|it| it.val);
             assert_eq!(got.as_ref(), self.model.get(&key));
         } else if pick < 90 {
-            let got = block_on(bt.next(&self.root, &key))
+            let got = bt
+                .next(&self.root, &key)
+                .await
                 .unwrap()
                 .map(|it| (it.key, it.val));
             let want = self.model.range(key..).next().map(|(k, v)| (*k, v.clone()));
             assert_eq!(got, want);
         } else if pick < 95 {
-            let got = block_on(bt.prev(&self.root, &key))
+            let got = bt
+                .prev(&self.root, &key)
+                .await
                 .unwrap()
                 .map(|it| (it.key, it.val));
             let want = self
@@ -293,7 +359,7 @@ impl Harness {
         } else {
             let end = self.key(space).max(key);
             let max = self.rng.gen_range(1..64);
-            let batch = block_on(bt.range(&self.root, &key, &end, max)).unwrap();
+            let batch = bt.range(&self.root, &key, &end, max).await.unwrap();
             let want: Vec<Key> = self
                 .model
                 .range(key..=end)
@@ -307,7 +373,7 @@ impl Harness {
         }
     }
 
-    fn insert_list(&mut self, space: u64, grow: bool) {
+    async fn insert_list(&mut self, space: u64, grow: bool) {
         let n = self.rng.gen_range(1..200);
         let mut keys = BTreeSet::new();
         for _ in 0..n {
@@ -329,12 +395,14 @@ impl Harness {
             });
         }
         let bt = self.btree.clone();
-        block_on(bt.insert_list(&mut self.root, &mut self.alloc, &list)).unwrap();
+        bt.insert_list(&mut self.root, &mut self.alloc, &list)
+            .await
+            .unwrap();
         for li in &list {
             match &li.op {
                 ListOp::Put(v) => {
                     self.model.insert(li.key, v.clone());
-                    let it = block_on(bt.lookup(&self.root, &li.key)).unwrap().unwrap();
+                    let it = bt.lookup(&self.root, &li.key).await.unwrap().unwrap();
                     assert_eq!(it.seq, li.seq);
                 }
                 ListOp::Delete => {
@@ -343,12 +411,30 @@ impl Harness {
             }
         }
     }
+
+    /// Deletes every item: the root must go away and every block with it.
+    async fn empty(&mut self) {
+        let keys: Vec<Key> = self.model.keys().copied().collect();
+        let bt = self.btree.clone();
+        for k in keys {
+            bt.delete(&mut self.root, &mut self.alloc, &k)
+                .await
+                .unwrap();
+            self.model.remove(&k);
+        }
+        assert_eq!(self.root, BtreeRoot::default());
+        self.commit().await;
+        self.verify().await;
+        assert!(self.alloc.live.is_empty());
+    }
 }
 
 /// Runs `ops` random operations in phases that alternate between growing
-/// and shrinking, verifying and reopening between phases.
-fn run_model(seed: u64, ops: u64, space: u64, phase_ops: u64) -> (u8, u8) {
-    let mut h = Harness::new(seed, 16384, 512);
+/// and shrinking, verifying and reopening between phases. Returns the
+/// greatest height reached and the least height after the tree first grew
+/// past one level.
+async fn run_model(env: Env, ops: u64, space: u64, phase_ops: u64) -> (u8, u8) {
+    let mut h = Harness::new(&env, 16384, 512);
     let mut max_height = 0;
     let mut min_height_after_max = u8::MAX;
     let mut done = 0;
@@ -357,31 +443,21 @@ fn run_model(seed: u64, ops: u64, space: u64, phase_ops: u64) -> (u8, u8) {
         let grow = phase % 4 < 2;
         let n = phase_ops.min(ops - done);
         for _ in 0..n {
-            h.step(space, grow);
+            h.step(space, grow).await;
             max_height = max_height.max(h.root.height);
             if max_height > 1 {
                 min_height_after_max = min_height_after_max.min(h.root.height);
             }
         }
         done += n;
-        h.commit();
+        h.commit().await;
         if phase % 2 == 1 {
             h.reopen();
         }
-        h.verify();
+        h.verify().await;
         phase += 1;
     }
-    // Empty the tree entirely: the root must go away and every block with it.
-    let keys: Vec<Key> = h.model.keys().copied().collect();
-    let bt = h.btree.clone();
-    for k in keys {
-        block_on(bt.delete(&mut h.root, &mut h.alloc, &k)).unwrap();
-        h.model.remove(&k);
-    }
-    assert_eq!(h.root, BtreeRoot::default());
-    h.commit();
-    h.verify();
-    assert!(h.alloc.live.is_empty());
+    h.empty().await;
     (max_height, min_height_after_max.min(h.root.height))
 }
 
@@ -389,24 +465,34 @@ fn run_model(seed: u64, ops: u64, space: u64, phase_ops: u64) -> (u8, u8) {
 fn btree_matches_model_small_key_space() {
     // Many collisions: exists/not-found paths, updates, joins.
     let ops = total_ops() / 2;
-    let (max_h, min_h) = run_model(base_seed(), ops, 600, 2500);
-    assert!(max_h >= 2, "tree never grew (max height {max_h})");
-    assert_eq!(min_h, 0);
+    let runs = on_both_runtimes("btree_matches_model_small_key_space", 0, |env| {
+        run_model(env, ops, 600, 2500)
+    });
+    for (max_h, min_h) in runs {
+        assert!(max_h >= 2, "tree never grew (max height {max_h})");
+        assert_eq!(min_h, 0);
+    }
 }
 
 #[test]
 fn btree_matches_model_large_key_space() {
-    // A larger tree: more leaves, parent splits and joins.
+    // A larger tree: more leaves, parent splits and joins, and (the last
+    // phases' bulk of full-size values) a third level.
     let ops = total_ops() - total_ops() / 2;
-    let (max_h, _) = run_model(base_seed() + 1, ops, 10_000, 5000);
-    assert!(max_h >= 2, "tree never grew (max height {max_h})");
+    let runs = on_both_runtimes("btree_matches_model_large_key_space", 1, |env| {
+        run_model(env, ops, 10_000, 5000)
+    });
+    for (max_h, _) in runs {
+        assert!(max_h >= 2, "tree never grew (max height {max_h})");
+    }
 }
 
-#[test]
-fn btree_grows_to_three_levels_and_shrinks_back() {
-    let mut h = Harness::new(base_seed() + 2, 16384, 512);
+/// Sequential growth to three levels with full-size values and back down to
+/// nothing: parent splits at the second level and the joins that undo them.
+async fn grow_to_three_levels(env: Env, items: u64) -> u8 {
+    let mut h = Harness::new(&env, 16384, 512);
     let bt = h.btree.clone();
-    let mut order: Vec<u64> = (0..45_000).collect();
+    let mut order: Vec<u64> = (0..items).collect();
     for i in (1..order.len()).rev() {
         let j = h.rng.gen_range(0..=i);
         order.swap(i, j);
@@ -414,76 +500,107 @@ fn btree_grows_to_three_levels_and_shrinks_back() {
     let val = vec![0xa5u8; MAX_VAL_SIZE];
     for (i, n) in order.iter().enumerate() {
         let key = Key::new(16, *n, 4, 0, 0, 0);
-        block_on(bt.insert(&mut h.root, &mut h.alloc, &key, &val)).unwrap();
+        bt.insert(&mut h.root, &mut h.alloc, &key, &val)
+            .await
+            .unwrap();
         h.model.insert(key, val.clone());
         if i % 10_000 == 9_999 {
-            h.commit();
+            h.commit().await;
         }
     }
-    assert_eq!(
-        h.root.height, 3,
-        "45000 items of 896 bytes need three levels"
-    );
-    h.commit();
+    let height = h.root.height;
+    h.commit().await;
     h.reopen();
-    h.verify();
+    h.verify().await;
     let bt = h.btree.clone();
     for (i, n) in order.iter().enumerate() {
         let key = Key::new(16, *n, 4, 0, 0, 0);
-        block_on(bt.delete(&mut h.root, &mut h.alloc, &key)).unwrap();
+        bt.delete(&mut h.root, &mut h.alloc, &key).await.unwrap();
         h.model.remove(&key);
         if i % 10_000 == 9_999 {
-            h.commit();
-            h.verify();
+            h.commit().await;
+            // One full verify half way down is enough (the model tests
+            // verify after every phase); the final one below checks empty.
+            if i == 19_999 {
+                h.verify().await;
+            }
         }
     }
     assert!(h.root.is_empty());
-    h.commit();
-    h.verify();
+    h.commit().await;
+    h.verify().await;
+    assert!(h.alloc.live.is_empty());
+    height
+}
+
+#[test]
+fn btree_grows_to_three_levels_and_shrinks_back() {
+    let heights = on_both_runtimes("btree_grows_to_three_levels_and_shrinks_back", 2, |env| {
+        grow_to_three_levels(env, 45_000)
+    });
+    for h in heights {
+        assert_eq!(h, 3, "45000 items of 896 bytes need three levels");
+    }
 }
 
 #[test]
 fn btree_refuses_oversized_values() {
-    let mut h = Harness::new(1, 64, 64);
-    let bt = h.btree.clone();
-    let big = vec![0u8; MAX_VAL_SIZE + 1];
-    let k = Key::new(16, 1, 4, 0, 0, 0);
-    let e = block_on(bt.insert(&mut h.root, &mut h.alloc, &k, &big)).unwrap_err();
-    assert_eq!(e.errno(), libc::E2BIG);
-    assert!(h.root.is_empty());
-    block_on(bt.insert(&mut h.root, &mut h.alloc, &k, &big[..MAX_VAL_SIZE])).unwrap();
-    let e = block_on(bt.update(&mut h.root, &mut h.alloc, &k, &big)).unwrap_err();
-    assert_eq!(e, Error::TooBig(MAX_VAL_SIZE + 1));
+    on_both_runtimes("btree_refuses_oversized_values", 3, |env| async move {
+        let mut h = Harness::new(&env, 64, 64);
+        let bt = h.btree.clone();
+        let big = vec![0u8; MAX_VAL_SIZE + 1];
+        let k = Key::new(16, 1, 4, 0, 0, 0);
+        let e = bt
+            .insert(&mut h.root, &mut h.alloc, &k, &big)
+            .await
+            .unwrap_err();
+        assert_eq!(e.errno(), libc::E2BIG);
+        assert!(h.root.is_empty());
+        bt.insert(&mut h.root, &mut h.alloc, &k, &big[..MAX_VAL_SIZE])
+            .await
+            .unwrap();
+        let e = bt
+            .update(&mut h.root, &mut h.alloc, &k, &big)
+            .await
+            .unwrap_err();
+        assert_eq!(e, Error::TooBig(MAX_VAL_SIZE + 1));
+    });
 }
 
 #[test]
 fn btree_blocks_are_sealed_btree_blocks() {
-    let mut h = Harness::new(3, 1024, 64);
-    let bt = h.btree.clone();
-    for i in 0..2000u64 {
-        let v = vec![i as u8; (i % 300) as usize];
-        block_on(bt.insert(&mut h.root, &mut h.alloc, &Key::new(16, i, 4, 0, 0, 0), &v)).unwrap();
-    }
-    h.commit();
-    let check = block_on(bt.check(&h.root)).unwrap();
-    assert!(check.blknos.len() > 2);
-    for b in check.blknos {
-        let mut buf = vec![0u8; LG_BLOCK_SIZE];
-        let mut dev_buf = drivers::AlignedBuf::new(LG_BLOCK_SIZE);
-        let (got, res) = block_on(h.dev.read_at(b << 16, dev_buf));
-        res.unwrap();
-        dev_buf = got;
-        buf.copy_from_slice(&dev_buf);
-        let hdr = engine::format::block::check_crc(&buf).unwrap();
-        assert_eq!(hdr.magic.get(), MAGIC_BTREE);
-        assert_eq!(hdr.fsid.get(), FSID);
-        assert_eq!(hdr.blkno.get(), b);
-        assert_ne!(hdr.seq.get(), 0);
-        let view = BlockView::new(&buf).unwrap();
-        if view.is_leaf() {
-            view.check_hash_table().unwrap();
-        }
-    }
+    on_both_runtimes(
+        "btree_blocks_are_sealed_btree_blocks",
+        4,
+        |env| async move {
+            let mut h = Harness::new(&env, 1024, 64);
+            let bt = h.btree.clone();
+            for i in 0..2000u64 {
+                let v = vec![i as u8; (i % 300) as usize];
+                let k = Key::new(16, i, 4, 0, 0, 0);
+                bt.insert(&mut h.root, &mut h.alloc, &k, &v).await.unwrap();
+            }
+            h.commit().await;
+            let check = bt.check(&h.root).await.unwrap();
+            assert!(check.blknos.len() > 2);
+            for b in check.blknos {
+                let (buf, res) = h
+                    .dev
+                    .read_at(b << 16, drivers::AlignedBuf::new(LG_BLOCK_SIZE))
+                    .await;
+                res.unwrap();
+                let hdr = engine::format::block::check_crc(&buf).unwrap();
+                assert_eq!(hdr.magic.get(), MAGIC_BTREE);
+                assert_eq!(hdr.fsid.get(), FSID);
+                assert_eq!(hdr.blkno.get(), b);
+                assert_ne!(hdr.seq.get(), 0);
+                let view = BlockView::new(&buf).unwrap();
+                if view.is_leaf() {
+                    view.check_hash_table().unwrap();
+                }
+            }
+        },
+    );
 }
 
 /// Decompresses a vector volume into a sparse temp file and loads it.
@@ -527,56 +644,56 @@ fn read_super(dev: &FaultDevice) -> SuperBlock {
 
 #[test]
 fn btree_reads_the_originals_unbalanced_leaf() {
-    let dev = load_vector("single.meta.zst");
-    let sb = read_super(&dev);
-    let fsid = sb.hdr.fsid.get();
-    let cache = Arc::new(BlockCache::new(Arc::new(dev), fsid, 64, seqs(9)));
-    let bt = Btree::new(cache);
-    let root = sb.fs_root;
-    assert_eq!(root.ref_.blkno.get(), 2);
-    let inode_index = Key::new(4, 0, 4, 0, 1, 0);
-    let root_inode = Key::new(16, 1, 4, 0, 0, 0);
-    let a = block_on(bt.lookup(&root, &inode_index))
-        .unwrap()
-        .expect("inode index item");
-    assert!(a.val.is_empty());
-    let b = block_on(bt.lookup(&root, &root_inode))
-        .unwrap()
-        .expect("root inode item");
-    assert!(
-        b.val.len() == 160 || b.val.len() == 168,
-        "inode of {} bytes",
-        b.val.len()
-    );
-    assert_eq!(
-        block_on(bt.next(&root, &Key::MIN)).unwrap().unwrap().key,
-        inode_index
-    );
-    assert_eq!(
-        block_on(bt.prev(&root, &Key::MAX)).unwrap().unwrap().key,
-        root_inode
-    );
-    assert_eq!(
-        block_on(bt.next(&root, &inode_index.inc()))
-            .unwrap()
-            .unwrap()
-            .key,
-        root_inode
-    );
-    assert_eq!(
-        block_on(bt.prev(&root, &root_inode.dec()))
-            .unwrap()
-            .unwrap()
-            .key,
-        inode_index
-    );
-    let check = block_on(bt.check(&root)).unwrap();
-    assert_eq!(check.items, 2);
-    // The vector's allocator trees read back consistent too.
-    for ar in &sb.meta_alloc {
-        let c = block_on(engine::alloc::check_extents(&bt, ar)).unwrap();
-        assert_eq!(c.total_len, ar.total_len.get());
-    }
-    let c = block_on(engine::alloc::check_extents(&bt, &sb.data_alloc)).unwrap();
-    assert_eq!(c.total_len, sb.data_alloc.total_len.get());
+    let image = load_vector("single.meta.zst");
+    on_both_runtimes("btree_reads_the_originals_unbalanced_leaf", 5, |env| {
+        let dev = image.clone();
+        async move {
+            if env.is_sim() {
+                dev.set_completion_delay(env.rt.random_u64(), MAX_PENDING_POLLS);
+            }
+            let sb = read_super(&dev);
+            let fsid = sb.hdr.fsid.get();
+            let cache = Arc::new(BlockCache::new(Arc::new(dev), fsid, 64, env.seqs()));
+            let bt = Btree::new(cache);
+            let root = sb.fs_root;
+            assert_eq!(root.ref_.blkno.get(), 2);
+            let inode_index = Key::new(4, 0, 4, 0, 1, 0);
+            let root_inode = Key::new(16, 1, 4, 0, 0, 0);
+            let a = bt
+                .lookup(&root, &inode_index)
+                .await
+                .unwrap()
+                .expect("inode index item");
+            assert!(a.val.is_empty());
+            let b = bt
+                .lookup(&root, &root_inode)
+                .await
+                .unwrap()
+                .expect("root inode item");
+            assert!(
+                b.val.len() == 160 || b.val.len() == 168,
+                "inode of {} bytes",
+                b.val.len()
+            );
+            let first = bt.next(&root, &Key::MIN).await.unwrap().unwrap();
+            assert_eq!(first.key, inode_index);
+            let last = bt.prev(&root, &Key::MAX).await.unwrap().unwrap();
+            assert_eq!(last.key, root_inode);
+            let after = bt.next(&root, &inode_index.inc()).await.unwrap().unwrap();
+            assert_eq!(after.key, root_inode);
+            let before = bt.prev(&root, &root_inode.dec()).await.unwrap().unwrap();
+            assert_eq!(before.key, inode_index);
+            let check = bt.check(&root).await.unwrap();
+            assert_eq!(check.items, 2);
+            // The vector's allocator trees read back consistent too.
+            for ar in &sb.meta_alloc {
+                let c = engine::alloc::check_extents(&bt, ar).await.unwrap();
+                assert_eq!(c.total_len, ar.total_len.get());
+            }
+            let c = engine::alloc::check_extents(&bt, &sb.data_alloc)
+                .await
+                .unwrap();
+            assert_eq!(c.total_len, sb.data_alloc.total_len.get());
+        }
+    });
 }
