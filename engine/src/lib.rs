@@ -11,13 +11,19 @@
 //! * [`quorum`]: the leader election (sans-IO).
 //! * [`link`]: the mount ⇄ server request seam.
 //! * [`item`]: the item API filesystem operations use.
+//! * [`fs`]: filesystem operations (inodes, directories, xattrs, data) over that API.
+//! * [`server`]: the server: supers, commits, allocators, request handlers.
+//! * [`merge`]: log tree finalization, merge and splice.
 pub mod alloc;
 pub mod block;
 pub mod btree;
 pub mod check;
 pub mod format;
+pub mod fs;
 pub mod item;
 pub mod link;
+pub mod merge;
 pub mod net;
 pub mod quorum;
 pub mod runtime;
+pub mod server;

@@ -35,6 +35,8 @@
 //! Touches `block` (the cache) and `format`; allocation only through the
 //! [`MetaAllocator`] trait.
 
+pub mod merge_into;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

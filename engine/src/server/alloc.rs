@@ -1,0 +1,167 @@
+//! The server's allocation policy: fill targets, the reserve, the LOW flags
+//! and the moves between free-extent trees and lists (reference §1.7).
+//!
+//! Guarantees:
+//! * Every move is a pure transfer: blocks leave one allocator exactly when
+//!   they enter another, so nothing is leaked or claimed twice. The COW of the
+//!   trees and lists involved is paid for by the server transaction's own
+//!   [`ListAlloc`], which never reuses a block freed in the same commit.
+//! * `meta_alloc[0]` is always the avail extent tree and `meta_alloc[1]` the
+//!   freed one: a swap exchanges the two roots in the super itself, so the
+//!   roles survive a restart. Allocation swaps when avail runs dry and freed
+//!   holds blocks, so blocks sitting in the freed tree never cause an early
+//!   ENOSPC (trap 28, 7e935898).
+//! * Client fills never take the extent trees below [`SERVER_KEEP_BLOCKS`]:
+//!   the server's own lists can always be refilled, so a server commit never
+//!   wedges for want of blocks while clients hold them.
+//!
+//! Touches `alloc` (list and extent allocators), `btree` and `format`.
+
+use crate::alloc::{alloc_extent, empty_list_into_extents, free_extent, move_to_list, ListAlloc};
+use crate::block::{Error, Result};
+use crate::btree::Btree;
+use crate::format::alloc::ALLOC_LIST_MAX_BLKNOS;
+use crate::format::superblock::{AllocListHead, AllocRoot, ALLOC_FLAG_LOW};
+use crate::format::SM_BLOCK_SHIFT;
+
+/// A client's meta_avail is topped up to this many blocks (one full list block).
+pub const CLIENT_META_FILL_TARGET: u64 = ALLOC_LIST_MAX_BLKNOS as u64;
+/// ... when it holds fewer than this many.
+pub const CLIENT_META_FILL_LO: u64 = 4092;
+/// A client's data_avail is topped up to 4 GiB of 4 KiB blocks ...
+pub const CLIENT_DATA_FILL_TARGET: u64 = (4u64 << 30) >> SM_BLOCK_SHIFT;
+/// ... when it holds less than 1 GiB (also the data LOW threshold, §12).
+pub const CLIENT_DATA_FILL_LO: u64 = (1u64 << 30) >> SM_BLOCK_SHIFT;
+/// Blocks a log-merge request is given (64 MiB / 64 KiB + 4).
+pub const MERGE_META_BLOCKS: u64 = 1028;
+/// The server's own avail lists are topped up to this many blocks at each
+/// commit: 64 MiB, the size of the first list mkfs writes.
+pub const SERVER_META_FILL_TARGET: u64 = (64 << 20) >> 16;
+/// Free extent blocks client fills leave behind: one whole refill of the
+/// server's idle list, so the next commit can always top it up whatever the
+/// mounts took.
+pub const SERVER_KEEP_BLOCKS: u64 = SERVER_META_FILL_TARGET;
+
+/// The metadata reserve of §1.7:
+/// `2×8185 + max(1, nclients)×(8185 + 8185 + 1028 + log_blocks)`.
+pub fn reserve_blocks(nr_clients: u64, log_blocks: u64) -> u64 {
+    let list = ALLOC_LIST_MAX_BLKNOS as u64;
+    2 * list + nr_clients.max(1) * (list + list + MERGE_META_BLOCKS + log_blocks)
+}
+
+/// Free blocks in both metadata extent trees.
+pub fn meta_extent_total(meta_alloc: &[AllocRoot; 2]) -> u64 {
+    meta_alloc[0].total_len.get() + meta_alloc[1].total_len.get()
+}
+
+/// Swaps the avail and freed extent trees when avail is below twice the
+/// reserve and freed holds more (7e935898). Returns whether it swapped.
+pub fn maybe_swap_meta_alloc(meta_alloc: &mut [AllocRoot; 2], reserve: u64) -> bool {
+    let avail = meta_alloc[0].total_len.get();
+    let freed = meta_alloc[1].total_len.get();
+    if avail < 2 * reserve && freed > avail {
+        meta_alloc.swap(0, 1);
+        return true;
+    }
+    false
+}
+
+/// Moves up to `count` blocks from the metadata extent trees into the list
+/// `head`, swapping the trees when avail runs dry. Returns how many moved.
+pub async fn fill_list(
+    btree: &Btree,
+    alloc: &mut ListAlloc,
+    meta_alloc: &mut [AllocRoot; 2],
+    head: &mut AllocListHead,
+    count: u64,
+) -> Result<u64> {
+    let mut moved = 0;
+    while moved < count {
+        moved += move_to_list(btree, alloc, head, &mut meta_alloc[0], count - moved).await?;
+        if moved == count {
+            break;
+        }
+        // move_to_list stops early on any NoSpace; if avail still holds
+        // extents it was the server's own list that ran dry.
+        if meta_alloc[0].total_len.get() != 0 {
+            return Err(Error::NoSpace("server metadata avail list is empty".into()));
+        }
+        if meta_alloc[1].total_len.get() == 0 {
+            break;
+        }
+        meta_alloc.swap(0, 1);
+    }
+    Ok(moved)
+}
+
+/// Returns every entry of the list `head` (and its own blocks) to the
+/// freed extent tree; the list is empty afterwards.
+pub async fn drain_list(
+    btree: &Btree,
+    alloc: &mut ListAlloc,
+    meta_alloc: &mut [AllocRoot; 2],
+    head: &mut AllocListHead,
+) -> Result<u64> {
+    if head.ref_.is_null() && head.total_nr.get() == 0 {
+        return Ok(0);
+    }
+    let n = empty_list_into_extents(btree, alloc, head, &mut meta_alloc[1]).await?;
+    *head = AllocListHead::default();
+    Ok(n)
+}
+
+/// Moves up to `count` blocks of free extents from `from` to `to`. Returns
+/// how many moved; fewer only when `from` ran out.
+pub async fn move_extents(
+    btree: &Btree,
+    alloc: &mut ListAlloc,
+    from: &mut AllocRoot,
+    to: &mut AllocRoot,
+    count: u64,
+) -> Result<u64> {
+    let mut moved = 0;
+    while moved < count {
+        let (start, len) = match alloc_extent(btree, alloc, from, count - moved).await {
+            Ok(ext) => ext,
+            Err(Error::NoSpace(_)) if from.total_len.get() == 0 => break,
+            Err(e) => return Err(e),
+        };
+        free_extent(btree, alloc, to, start, len).await?;
+        moved += len;
+    }
+    Ok(moved)
+}
+
+/// Moves every free extent of `from` to `to`; `from` is empty afterwards.
+pub async fn empty_extents(
+    btree: &Btree,
+    alloc: &mut ListAlloc,
+    from: &mut AllocRoot,
+    to: &mut AllocRoot,
+) -> Result<u64> {
+    let total = from.total_len.get();
+    if total == 0 {
+        return Ok(0);
+    }
+    let moved = move_extents(btree, alloc, from, to, total).await?;
+    if from.total_len.get() != 0 || !from.root.is_empty() {
+        return Err(Error::corrupt(format!(
+            "extent tree still holds {} blocks after moving {moved}",
+            from.total_len.get()
+        )));
+    }
+    // Keep no stale LOW flag on an empty root.
+    from.flags = 0.into();
+    Ok(moved)
+}
+
+/// Sets or clears the LOW flag of a list head.
+pub fn set_list_low(head: &mut AllocListHead, low: bool) {
+    let flags = head.flags.get();
+    head.flags = if low {
+        flags | ALLOC_FLAG_LOW
+    } else {
+        flags & !ALLOC_FLAG_LOW
+    }
+    .into();
+}

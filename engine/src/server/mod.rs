@@ -1,0 +1,476 @@
+//! The server side of a volume: the handlers mounts call over a
+//! [`ServerLink`](crate::link::ServerLink), and the commit path that makes
+//! their effects durable (reference §3.2, §5.3, §5.4).
+//!
+//! Every handler runs under one async commit lock: it changes the in-memory
+//! *dirty* super and the trees hanging off it (COWing blocks through the
+//! server transaction's list allocator), then [`commit`](State) writes every
+//! dirty block, flushes both devices, writes the super with `hdr.seq + 1` and
+//! `super.seq` = the core seq, flushes again and publishes the result as the
+//! *stable* super that `GET_ROOTS` returns. The super write is the single
+//! commit point; a handler replies only after its commit.
+//!
+//! Guarantees:
+//! * Crash consistency: the durable super only ever references blocks written
+//!   and flushed before it. A handler that fails before its commit (ENOSPC,
+//!   a bad request, a stale block) is rolled back: its dirty blocks are
+//!   dropped and the dirty super reverts to the last committed one, so a
+//!   failed request changes nothing. An I/O error while committing stops the
+//!   server (every later call gets EIO): whether the super landed is unknown,
+//!   and only a restart from the device can tell.
+//! * Double-buffered server allocators (§1.7): commit N allocates from
+//!   `server_meta_avail[c]` and frees into `server_meta_freed[c]`, while it
+//!   refills `server_meta_avail[1-c]` from the extent trees and drains
+//!   `server_meta_freed[1-c]` (freed in commit N−1, now durable) into them;
+//!   the pairs swap after the super write. A block freed in commit N is never
+//!   reused in commit N.
+//! * Replay (§3.2, trap 20): every handler may see the same request again
+//!   after a reconnect or a new server. GREETING accepts an existing
+//!   mounted_client item, GET_LOG_TREES returns the rid's tree if it is still
+//!   open, COMMIT_LOG_TREES acknowledges a transaction that is already
+//!   committed (or older than the open one), FAREWELL finds nothing left to
+//!   reclaim. ALLOC_INODES hands out a fresh range each time (a replayed
+//!   request only wastes inode numbers).
+//! * Space (§1.7, trap 28): client fills stop at what the extent trees hold
+//!   above the server's own keep-back, with the LOW flag set on the client's
+//!   meta_avail when free metadata is at or under the reserve and on its
+//!   data_avail when it holds under 1 GiB. Running out is an ENOSPC reply,
+//!   never a panic or a wedged commit; freed blocks come back through the
+//!   freed lists and trees.
+//!
+//! Not yet here: log-tree finalization inside GET_LOG_TREES, log merge,
+//! srch rotation, lock recovery and the batching of several handlers into one
+//! commit (each handler commits on its own).
+//!
+//! Touches `block` (its own cache over the meta device), `btree`, `alloc`,
+//! `format`, `runtime` (spawning handlers, seqs) and `link`; the devices only
+//! through `drivers::BlockDevice`.
+
+pub mod alloc;
+mod handlers;
+
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use drivers::{AlignedBuf, BlockDevice};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::alloc::ListAlloc;
+use crate::block::{BlockCache, Error, Result};
+use crate::btree::Btree;
+use crate::format::block::{check_fixed_block, seal_block};
+use crate::format::key::zone;
+use crate::format::log_trees::LogTrees;
+use crate::format::net::Cmd;
+use crate::format::superblock::{SuperBlock, SUPER_FLAG_META_BDEV};
+use crate::format::{
+    Key, FORMAT_VERSION_MAX, FORMAT_VERSION_MIN, LG_BLOCK_SHIFT, MAGIC_SUPER, SM_BLOCK_SHIFT,
+    SM_BLOCK_SIZE, SUPER_BLKNO,
+};
+use crate::link::{CallFuture, CallResult, ServerLink};
+use crate::runtime::Runtime;
+
+/// Items read per btree range call when the server walks a tree.
+const WALK_BATCH_ITEMS: usize = 256;
+
+/// How a server is run.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Clean metadata blocks the server's cache keeps.
+    pub cache_blocks: usize,
+    /// The quorum term this server was elected in (sent in greetings).
+    pub term: u64,
+    /// The `log_blocks` term of the reserve formula (§1.7).
+    pub reserve_log_blocks: u64,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            cache_blocks: 4096,
+            term: 1,
+            reserve_log_blocks: 0,
+        }
+    }
+}
+
+/// Everything the commit lock guards.
+struct State {
+    /// The super being changed by the current handler.
+    sb: SuperBlock,
+    /// The last super written (what a rollback returns to).
+    committed: SuperBlock,
+    /// The next core seq is `core_seq + 1` (handed out by `next_seq`).
+    core_seq: u64,
+    committed_core_seq: u64,
+    /// Which (avail, freed) pair of server lists this commit uses.
+    cur: usize,
+    /// The server transaction's allocator over `sb.server_meta_*[cur]`.
+    alloc: ListAlloc,
+    /// A handler started changing state and has neither committed nor
+    /// rolled back (it was cancelled): roll back before anything else.
+    dirty: bool,
+}
+
+impl State {
+    fn next_seq(&mut self) -> u64 {
+        self.core_seq += 1;
+        self.core_seq
+    }
+}
+
+/// The server of one volume.
+pub struct Server {
+    rt: Runtime,
+    meta: Arc<dyn BlockDevice>,
+    data: Arc<dyn BlockDevice>,
+    cache: Arc<BlockCache>,
+    btree: Btree,
+    opts: ServerOptions,
+    fsid: u64,
+    fmt_vers: u64,
+    state: futures::lock::Mutex<State>,
+    /// The last super written; never held across an `.await`.
+    stable: Mutex<SuperBlock>,
+    /// Nonzero once a commit failed part way: every call then fails with it.
+    stopped: AtomicI32,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("fsid", &format_args!("{:016x}", self.fsid))
+            .field("fmt_vers", &self.fmt_vers)
+            .field("stopped", &self.stopped.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Reads and checks one device's super (magic, crc, blkno, version, size).
+async fn read_super(
+    dev: &Arc<dyn BlockDevice>,
+    is_meta: bool,
+) -> std::result::Result<SuperBlock, i32> {
+    let (buf, res) = dev
+        .read_at(
+            SUPER_BLKNO << SM_BLOCK_SHIFT,
+            AlignedBuf::new(SM_BLOCK_SIZE),
+        )
+        .await;
+    res.map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+    check_fixed_block(&buf, MAGIC_SUPER, SUPER_BLKNO).map_err(|_| libc::EINVAL)?;
+    let (sb, _) = SuperBlock::read_from_prefix(&buf).map_err(|_| libc::EINVAL)?;
+    let vers = sb.fmt_vers.get();
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION_MAX).contains(&vers) {
+        return Err(libc::EINVAL);
+    }
+    let (total, shift) = if is_meta {
+        (sb.total_meta_blocks.get(), LG_BLOCK_SHIFT)
+    } else {
+        (sb.total_data_blocks.get(), SM_BLOCK_SHIFT)
+    };
+    if total > dev.size_bytes() >> shift {
+        return Err(libc::EINVAL);
+    }
+    Ok(sb)
+}
+
+/// Every item of `root` in zone `z`, in key order.
+async fn zone_items(
+    btree: &Btree,
+    root: &crate::format::superblock::BtreeRoot,
+    z: u8,
+) -> Result<Vec<crate::format::btree_block::NodeItem>> {
+    let mut out = Vec::new();
+    let mut key = Key::new(z, 0, 0, 0, 0, 0);
+    let end = Key::new(z, u64::MAX, u8::MAX, u64::MAX, u64::MAX, u8::MAX);
+    loop {
+        let batch = btree.range(root, &key, &end, WALK_BATCH_ITEMS).await?;
+        out.extend(batch.items);
+        match batch.next {
+            Some(k) => key = k,
+            None => return Ok(out),
+        }
+    }
+}
+
+fn decode_log_trees(item: &crate::format::btree_block::NodeItem) -> Result<LogTrees> {
+    LogTrees::read_from_bytes(&item.val).map_err(|_| {
+        Error::corrupt(format!(
+            "log_trees item {} with a {} byte value",
+            item.key,
+            item.val.len()
+        ))
+    })
+}
+
+/// Every log_trees item of `sb`, in (rid, nr) order.
+async fn all_log_trees(btree: &Btree, sb: &SuperBlock) -> Result<Vec<LogTrees>> {
+    zone_items(btree, &sb.logs_root, zone::LOG_TREES)
+        .await?
+        .iter()
+        .map(decode_log_trees)
+        .collect()
+}
+
+impl Server {
+    /// Opens the server of the volume on `meta` and `data`: reads and checks
+    /// both supers (§1.3) and raises the core seq to the largest
+    /// `max_item_seq` of any log tree. Errors are errnos (EINVAL for a super
+    /// that doesn't belong, EIO for unreadable devices).
+    pub async fn open(
+        meta: Arc<dyn BlockDevice>,
+        data: Arc<dyn BlockDevice>,
+        rt: Runtime,
+        opts: ServerOptions,
+    ) -> std::result::Result<Arc<Server>, i32> {
+        let sb = read_super(&meta, true).await?;
+        let dsb = read_super(&data, false).await?;
+        if sb.flags.get() & SUPER_FLAG_META_BDEV == 0
+            || dsb.flags.get() & SUPER_FLAG_META_BDEV != 0
+            || sb.uuid != dsb.uuid
+            || sb.fmt_vers != dsb.fmt_vers
+            || sb.hdr.fsid != dsb.hdr.fsid
+        {
+            return Err(libc::EINVAL);
+        }
+        let fsid = sb.hdr.fsid.get();
+        let seq_rt = rt.clone();
+        let cache = Arc::new(BlockCache::new(
+            meta.clone(),
+            fsid,
+            opts.cache_blocks,
+            Arc::new(move || seq_rt.random_u64()),
+        ));
+        let btree = Btree::new(cache.clone());
+        let mut core_seq = sb.seq.get();
+        for lt in all_log_trees(&btree, &sb).await.map_err(|e| e.errno())? {
+            core_seq = core_seq.max(lt.max_item_seq.get());
+        }
+        // Start with the pair holding more avail blocks (mkfs fills [0]);
+        // either is safe, since everything in both freed lists is durable.
+        let cur = usize::from(
+            sb.server_meta_avail[1].total_nr.get() > sb.server_meta_avail[0].total_nr.get(),
+        );
+        let alloc = ListAlloc::new(
+            cache.clone(),
+            sb.server_meta_avail[cur],
+            sb.server_meta_freed[cur],
+        );
+        let state = State {
+            sb,
+            committed: sb,
+            core_seq,
+            committed_core_seq: core_seq,
+            cur,
+            alloc,
+            dirty: false,
+        };
+        Ok(Arc::new(Server {
+            rt,
+            meta,
+            data,
+            cache,
+            btree,
+            opts,
+            fsid,
+            fmt_vers: sb.fmt_vers.get(),
+            state: futures::lock::Mutex::new(state),
+            stable: Mutex::new(sb),
+            stopped: AtomicI32::new(0),
+        }))
+    }
+
+    pub fn fsid(&self) -> u64 {
+        self.fsid
+    }
+
+    pub fn fmt_vers(&self) -> u64 {
+        self.fmt_vers
+    }
+
+    /// The last super written (what GET_ROOTS and STATFS describe).
+    pub fn stable_super(&self) -> SuperBlock {
+        *self.stable.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The core seq: the last seq handed out.
+    pub async fn core_seq(&self) -> u64 {
+        self.state.lock().await.core_seq
+    }
+
+    /// Nonzero (an errno) once the server stopped after a failed commit.
+    pub fn stopped(&self) -> i32 {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Runs one request from mount `rid` to completion. The reply is the
+    /// payload of the link table in [`crate::link`], or an errno.
+    pub async fn handle(&self, rid: u64, cmd: Cmd, payload: &[u8]) -> CallResult {
+        let stopped = self.stopped();
+        if stopped != 0 {
+            return Err(stopped);
+        }
+        let mut st = self.state.lock().await;
+        if st.dirty {
+            self.rollback(&mut st);
+        }
+        st.dirty = true;
+        let res = self.dispatch(&mut st, rid, cmd, payload).await;
+        match res {
+            Ok(Reply { payload, commit }) => {
+                if commit {
+                    if let Err(e) = self.commit(&mut st).await {
+                        let errno = match e.errno() {
+                            0 => libc::EIO,
+                            n => n,
+                        };
+                        // Whether the super landed is unknown: stop.
+                        self.stopped.store(errno, Ordering::Release);
+                        self.cache.discard_dirty();
+                        return Err(errno);
+                    }
+                } else {
+                    // Nothing to keep, but a lookup that failed with EEXIST
+                    // or ENOENT may have COWed its path: drop that.
+                    self.rollback(&mut st);
+                }
+                Ok(payload)
+            }
+            Err(errno) => {
+                self.rollback(&mut st);
+                Err(errno)
+            }
+        }
+    }
+
+    /// Throws away everything since the last commit.
+    fn rollback(&self, st: &mut State) {
+        self.cache.discard_dirty();
+        st.sb = st.committed;
+        st.core_seq = st.committed_core_seq.max(st.core_seq);
+        st.alloc = ListAlloc::new(
+            self.cache.clone(),
+            st.sb.server_meta_avail[st.cur],
+            st.sb.server_meta_freed[st.cur],
+        );
+        st.dirty = false;
+    }
+
+    /// Number of mounted clients in the dirty super.
+    async fn nr_clients(&self, sb: &SuperBlock) -> Result<u64> {
+        Ok(
+            zone_items(&self.btree, &sb.mounted_clients, zone::MOUNTED_CLIENT)
+                .await?
+                .len() as u64,
+        )
+    }
+
+    /// The commit sequence of §5.4: maintain the idle server lists, write
+    /// every dirty block, flush, write the super, flush, publish, swap.
+    async fn commit(&self, st: &mut State) -> Result<()> {
+        let cur = st.cur;
+        let other = 1 - cur;
+        let nr_clients = self.nr_clients(&st.sb).await?;
+        let reserve = alloc::reserve_blocks(nr_clients, self.opts.reserve_log_blocks);
+        {
+            let State { sb, alloc: a, .. } = &mut *st;
+            // Blocks freed in the previous commit are durable-free now.
+            alloc::drain_list(
+                &self.btree,
+                a,
+                &mut sb.meta_alloc,
+                &mut sb.server_meta_freed[other],
+            )
+            .await?;
+            alloc::maybe_swap_meta_alloc(&mut sb.meta_alloc, reserve);
+            let have = sb.server_meta_avail[other].total_nr.get();
+            if have < alloc::SERVER_META_FILL_TARGET {
+                alloc::fill_list(
+                    &self.btree,
+                    a,
+                    &mut sb.meta_alloc,
+                    &mut sb.server_meta_avail[other],
+                    alloc::SERVER_META_FILL_TARGET - have,
+                )
+                .await?;
+            }
+            sb.server_meta_avail[cur] = a.avail;
+            sb.server_meta_freed[cur] = a.freed;
+        }
+        st.sb.seq = st.core_seq.into();
+        let next_hdr_seq = st.sb.hdr.seq.get() + 1;
+        st.sb.hdr.seq = next_hdr_seq.into();
+        st.sb.hdr.magic = MAGIC_SUPER.into();
+        st.sb.hdr.fsid = self.fsid.into();
+        st.sb.hdr.blkno = SUPER_BLKNO.into();
+
+        self.cache.write_dirty_and_flush().await?;
+        self.data
+            .flush()
+            .await
+            .map_err(|e| Error::Io(format!("data flush: {e}")))?;
+        let mut buf = AlignedBuf::new(SM_BLOCK_SIZE);
+        buf[..std::mem::size_of::<SuperBlock>()].copy_from_slice(st.sb.as_bytes());
+        seal_block(&mut buf, MAGIC_SUPER, self.fsid, SUPER_BLKNO, next_hdr_seq);
+        st.sb.hdr.crc = SuperBlock::read_from_prefix(&buf)
+            .map(|(s, _)| s.hdr.crc)
+            .unwrap_or_default();
+        let (_, res) = self.meta.write_at(SUPER_BLKNO << SM_BLOCK_SHIFT, buf).await;
+        res.map_err(|e| Error::Io(format!("writing the super: {e}")))?;
+        self.meta
+            .flush()
+            .await
+            .map_err(|e| Error::Io(format!("meta flush: {e}")))?;
+
+        st.committed = st.sb;
+        st.committed_core_seq = st.core_seq;
+        *self.stable.lock().unwrap_or_else(|p| p.into_inner()) = st.sb;
+        st.cur = other;
+        st.alloc = ListAlloc::new(
+            self.cache.clone(),
+            st.sb.server_meta_avail[st.cur],
+            st.sb.server_meta_freed[st.cur],
+        );
+        st.dirty = false;
+        Ok(())
+    }
+}
+
+/// What a handler returns: the reply payload and whether it changed state
+/// that must be committed before replying.
+struct Reply {
+    payload: Vec<u8>,
+    commit: bool,
+}
+
+/// A mount's in-process connection to a [`Server`]. Each call runs its
+/// handler as a detached task, so a caller that gives up on a reply never
+/// cancels a handler half way through its commit.
+#[derive(Debug, Clone)]
+pub struct InProcessLink {
+    pub server: Arc<Server>,
+    pub rid: u64,
+}
+
+impl InProcessLink {
+    pub fn new(server: Arc<Server>, rid: u64) -> Self {
+        InProcessLink { server, rid }
+    }
+}
+
+impl ServerLink for InProcessLink {
+    fn call(&self, cmd: Cmd, payload: Vec<u8>) -> CallFuture {
+        let server = self.server.clone();
+        let rid = self.rid;
+        let (tx, rx) = futures::channel::oneshot::channel();
+        self.server
+            .rt
+            .spawn(async move {
+                let res = server.handle(rid, cmd, &payload).await;
+                let _ = tx.send(res);
+            })
+            .detach();
+        Box::pin(async move { rx.await.unwrap_or(Err(libc::ENOLINK)) })
+    }
+}
