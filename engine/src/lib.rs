@@ -11,6 +11,8 @@
 //! * [`quorum`]: the leader election (sans-IO).
 //! * [`link`]: the mount ⇄ server request seam.
 //! * [`item`]: the item API filesystem operations use.
+//! * [`forest`]: reads merged across fs_root and the log trees.
+//! * [`trans`]: the mount's transactions and its `Mount` handle.
 //! * [`fs`]: filesystem operations (inodes, directories, xattrs, data) over that API.
 //! * [`server`]: the server: supers, commits, allocators, request handlers.
 //! * [`merge`]: log tree finalization, merge and splice.
@@ -18,6 +20,7 @@ pub mod alloc;
 pub mod block;
 pub mod btree;
 pub mod check;
+pub mod forest;
 pub mod format;
 pub mod fs;
 pub mod item;
@@ -27,3 +30,4 @@ pub mod net;
 pub mod quorum;
 pub mod runtime;
 pub mod server;
+pub mod trans;
