@@ -324,6 +324,12 @@ impl Fs {
         let hold = self.hold(true).await?;
         let mut bt = Batch::new(self);
         bt.load(ino).await?;
+        let old_size = bt.inode(ino).size.get();
+        if offset > old_size {
+            // The gap from the old EOF must read as zeros, whatever an
+            // uncommitted in-place write left past it before a crash.
+            self.zero_tail(ino, old_size).await?;
+        }
         let first_block = offset >> BLOCK_SHIFT;
         let last_block = (end - 1) >> BLOCK_SHIFT;
         let mut b = first_block;
@@ -449,8 +455,8 @@ impl Fs {
         self.dev_write(blkno, buf).await
     }
 
-    /// Zeroes the bytes after `size` in its block, if that block is mapped
-    /// (keeps "bytes past EOF are zero" when shrinking).
+    /// Zeroes the bytes after `size` in its block, if that block is mapped:
+    /// bytes past EOF read as zeros once a file shrinks or grows past them.
     pub(crate) async fn zero_tail(&self, ino: u64, size: u64) -> FsResult<()> {
         let within = size & (BLOCK_BYTES - 1);
         if within == 0 {

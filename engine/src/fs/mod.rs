@@ -364,6 +364,11 @@ impl Fs {
             if size < old {
                 self.zero_tail(ino, size).await?;
                 truncating = true;
+            } else if size > old {
+                // Bytes past the old EOF in its block may hold data of an
+                // in-place write that never committed (a crash): the
+                // extended range must read as zeros.
+                self.zero_tail(ino, old).await?;
             }
             let i = b.inode(ino);
             i.size = size.into();
