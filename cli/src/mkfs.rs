@@ -1,25 +1,16 @@
 //! `scoutfs mkfs`: writes a new filesystem on a metadata and a data device.
 //!
 //! Guarantees: every check (arguments, device sizes, existing filesystems)
-//! runs before the first write, so a refused mkfs writes nothing. The blocks
-//! written are those of the original mkfs (fs_root leaf at 2, server avail
-//! list at 3, data_alloc at 1028, meta_alloc at 1029/1030, quorum blocks,
-//! then the data super and, after a flush, the meta super, then a flush).
+//! runs before the first write, so a refused mkfs writes nothing. The
+//! blocks and their order are [`engine::mkfs::format_volume`]'s (the
+//! original mkfs's layout); this command owns the policy and every message.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use engine::format::alloc::{free_blkno_key, free_order_key, AllocListBlock};
-use engine::format::block::seal_block;
-use engine::format::btree::{BtreeItem, BTREE_HEADER_BYTES, BTREE_ITEM_BYTES};
-use engine::format::btree_block::{encode_node, NodeItem};
-use engine::format::items::{inode_key, meta_seq_key, Inode, FIRST_USER_INO, ROOT_INO};
-use engine::format::superblock::{
-    uuid_string, AllocRoot, BtreeRoot, InetAddr, SuperBlock, SUPER_FLAG_META_BDEV,
-    VOLOPT_DATA_ALLOC_ZONE_BLOCKS_BIT,
-};
+use engine::format::superblock::uuid_string;
 use engine::format::*;
-use zerocopy::{FromBytes, IntoBytes};
+use engine::mkfs::{format_volume, MkfsError, MkfsOptions};
 
 use crate::args::{self, OptSpec};
 use crate::dev::{self, BlockDevice, FileDevice};
@@ -71,8 +62,6 @@ const SPECS: &[OptSpec] = &[
     },
 ];
 
-/// Blocks in the first server avail list: 64 MiB of metadata.
-const SERVER_AVAIL_BLOCKS: u64 = (64 << 20) >> LG_BLOCK_SHIFT;
 /// Smallest zone: one mount's data fill target (4 GiB of 4 KiB blocks).
 const DATA_FILL_TARGET_BLOCKS: u64 = (4u64 << 30) >> SM_BLOCK_SHIFT;
 
@@ -305,235 +294,6 @@ pub fn has_scoutfs_super(dev: &dyn BlockDevice) -> bool {
     }
 }
 
-// mkfs runs outside any engine runtime: the wall clock is the right time
-// source for timestamps and fallback entropy here.
-#[allow(clippy::disallowed_methods)]
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut out = [0u8; N];
-    let ok = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut out))
-        .is_ok();
-    if !ok {
-        // Fall back to time and address entropy: uniqueness, not secrecy.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let mut h = t as u64 ^ (&out as *const _ as u64);
-        for b in out.iter_mut() {
-            h = h
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            *b = (h >> 33) as u8;
-        }
-    }
-    out
-}
-
-/// Encodes a leaf of `items` the way the original mkfs lays out appended
-/// items: item i's seq is 1; the last appended item is the root with the
-/// earlier ones chained down its left links; the root keeps height 0.
-fn mkfs_leaf(items: Vec<NodeItem>, out: &mut [u8]) -> Result<(), FormatError> {
-    let items: Vec<NodeItem> = items
-        .into_iter()
-        .map(|mut i| {
-            i.seq = 1;
-            i
-        })
-        .collect();
-    encode_node(0, &items, out)?;
-    // The original appends each item as the new root with the previous root
-    // as its left child; for the two-item leaves mkfs writes this matches
-    // encode_node's shape except that the root's height byte stays 0.
-    if items.len() == 2 {
-        let off = BTREE_HEADER_BYTES + BTREE_ITEM_BYTES;
-        let it = BtreeItem::mut_from_prefix(&mut out[off..])
-            .map_err(|_| FormatError::Short { need: off, got: 0 })?
-            .0;
-        it.node.height = 0;
-    }
-    Ok(())
-}
-
-fn alloc_leaf(
-    fsid: u64,
-    blkno: u64,
-    start: u64,
-    len: u64,
-    root: &mut AllocRoot,
-) -> Result<Vec<u8>, FormatError> {
-    let mut blk = vec![0u8; LG_BLOCK_SIZE];
-    mkfs_leaf(
-        vec![
-            NodeItem::new(free_blkno_key(start, len), vec![]),
-            NodeItem::new(free_order_key(start, len), vec![]),
-        ],
-        &mut blk,
-    )?;
-    seal_block(&mut blk, MAGIC_BTREE, fsid, blkno, 1);
-    root.total_len = len.into();
-    root.root = BtreeRoot {
-        ref_: BlockRef::new(blkno, 1),
-        height: 1,
-        pad: [0; 7],
-    };
-    Ok(blk)
-}
-
-/// Everything mkfs will write, built in memory first.
-pub struct Image {
-    pub meta_blocks: Vec<(u64, Vec<u8>)>,
-    pub data_super: Vec<u8>,
-    pub meta_super: Vec<u8>,
-    pub sb: SuperBlock,
-}
-
-/// Builds the blocks of a new filesystem.
-#[allow(clippy::field_reassign_with_default)]
-pub fn build_image(
-    a: &MkfsArgs,
-    meta_size: u64,
-    data_size: u64,
-    fsid: u64,
-    uuid: [u8; 16],
-    now: (u64, u32),
-) -> Result<Image, String> {
-    let last_meta = (meta_size >> LG_BLOCK_SHIFT)
-        .checked_sub(1)
-        .ok_or("meta device too small")?;
-    let last_data = (data_size >> SM_BLOCK_SHIFT)
-        .checked_sub(1)
-        .ok_or("data device too small")?;
-    let mut next_meta = META_DEV_START_BLKNO;
-    // Blocks mkfs itself uses: fs root, list, data alloc, two meta allocs.
-    if last_meta < next_meta + 4 + SERVER_AVAIL_BLOCKS || last_data < DATA_DEV_START_BLKNO {
-        return Err("device too small to hold a filesystem".into());
-    }
-    let mut sb = SuperBlock::default();
-    sb.fmt_vers = a.fmt_vers.into();
-    sb.uuid = uuid;
-    sb.next_ino = FIRST_USER_INO.into();
-    sb.inode_count = 1.into();
-    sb.seq = 1.into();
-    sb.total_meta_blocks = (last_meta + 1).into();
-    sb.total_data_blocks = (last_data + 1).into();
-    sb.qconf.version = 1.into();
-    for (i, s) in a.slots.iter().enumerate() {
-        if let Some((addr, port)) = s {
-            sb.qconf.slots[i].addr = InetAddr::v4(*addr, *port);
-        }
-    }
-    if a.zone_blocks != 0 {
-        sb.volopt.set_bits = VOLOPT_DATA_ALLOC_ZONE_BLOCKS_BIT.into();
-        sb.volopt.data_alloc_zone_blocks = a.zone_blocks.into();
-    }
-    let mut blocks = Vec::new();
-
-    // fs root: the root inode and its meta_seq index item.
-    let blkno = next_meta;
-    next_meta += 1;
-    let mut inode = Inode::new_zeroed_inode();
-    inode.next_readdir_pos = 2.into();
-    inode.nlink = 2.into();
-    inode.mode = (0o040755u32).into();
-    for ts in [
-        &mut inode.atime,
-        &mut inode.ctime,
-        &mut inode.mtime,
-        &mut inode.crtime,
-    ] {
-        ts.sec = now.0.into();
-        ts.nsec = now.1.into();
-    }
-    let mut blk = vec![0u8; LG_BLOCK_SIZE];
-    mkfs_leaf(
-        vec![
-            NodeItem::new(meta_seq_key(0, ROOT_INO), vec![]),
-            NodeItem::new(inode_key(ROOT_INO), inode.encode(a.fmt_vers).to_vec()),
-        ],
-        &mut blk,
-    )
-    .map_err(|e| e.to_string())?;
-    seal_block(&mut blk, MAGIC_BTREE, fsid, blkno, 1);
-    sb.fs_root = BtreeRoot {
-        ref_: BlockRef::new(blkno, 1),
-        height: 1,
-        pad: [0; 7],
-    };
-    blocks.push((blkno, blk));
-
-    // The first server transaction's avail list.
-    let blkno = next_meta;
-    next_meta += 1;
-    let mut blk = vec![0u8; LG_BLOCK_SIZE];
-    {
-        let lblk = AllocListBlock::mut_from_bytes(&mut blk).map_err(|_| "alloc list layout")?;
-        for i in 0..SERVER_AVAIL_BLOCKS as usize {
-            lblk.blknos[i] = next_meta.into();
-            next_meta += 1;
-        }
-        lblk.nr = (SERVER_AVAIL_BLOCKS as u32).into();
-    }
-    seal_block(&mut blk, MAGIC_ALLOC_LIST, fsid, blkno, 1);
-    sb.server_meta_avail[0].ref_ = BlockRef::new(blkno, 1);
-    sb.server_meta_avail[0].total_nr = SERVER_AVAIL_BLOCKS.into();
-    sb.server_meta_avail[0].first_nr = (SERVER_AVAIL_BLOCKS as u32).into();
-    blocks.push((blkno, blk));
-
-    // The data allocator holds one extent.
-    let blkno = next_meta;
-    next_meta += 1;
-    let blk = alloc_leaf(
-        fsid,
-        blkno,
-        DATA_DEV_START_BLKNO,
-        last_data - DATA_DEV_START_BLKNO + 1,
-        &mut sb.data_alloc,
-    )
-    .map_err(|e| e.to_string())?;
-    blocks.push((blkno, blk));
-
-    // The rest of the metadata device, split across the two meta allocators.
-    let mut meta_start = next_meta + 2;
-    let meta_len = (last_meta - meta_start + 1).div_ceil(2);
-    for i in 0..2 {
-        let blkno = next_meta;
-        next_meta += 1;
-        let len = meta_len.min(last_meta - meta_start + 1);
-        let blk = alloc_leaf(fsid, blkno, meta_start, len, &mut sb.meta_alloc[i])
-            .map_err(|e| e.to_string())?;
-        blocks.push((blkno, blk));
-        meta_start += meta_len;
-    }
-
-    let mut data_super = vec![0u8; SM_BLOCK_SIZE];
-    data_super[..std::mem::size_of::<SuperBlock>()].copy_from_slice(sb.as_bytes());
-    seal_block(&mut data_super, MAGIC_SUPER, fsid, SUPER_BLKNO, 1);
-    sb.flags = SUPER_FLAG_META_BDEV.into();
-    let mut meta_super = vec![0u8; SM_BLOCK_SIZE];
-    meta_super[..std::mem::size_of::<SuperBlock>()].copy_from_slice(sb.as_bytes());
-    seal_block(&mut meta_super, MAGIC_SUPER, fsid, SUPER_BLKNO, 1);
-    let sb = *SuperBlock::ref_from_prefix(&meta_super)
-        .map_err(|_| "super layout")?
-        .0;
-    Ok(Image {
-        meta_blocks: blocks,
-        data_super,
-        meta_super,
-        sb,
-    })
-}
-
-trait NewInode {
-    fn new_zeroed_inode() -> Inode;
-}
-
-impl NewInode for Inode {
-    fn new_zeroed_inode() -> Inode {
-        Inode::read_from_bytes(&[0u8; items::INODE_V2_BYTES]).unwrap_or_else(|_| unreachable!())
-    }
-}
-
 fn io_errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
@@ -556,7 +316,6 @@ fn open_dev(path: &str) -> Result<FileDevice, i32> {
 }
 
 /// Runs mkfs with parsed arguments; Err is an errno.
-#[allow(clippy::disallowed_methods)] // the root inode's times are the wall clock, as in the original
 pub fn do_mkfs(a: &MkfsArgs) -> Result<(), i32> {
     let meta = open_dev(&a.meta)?;
     if !a.force && has_scoutfs_super(&meta) {
@@ -603,40 +362,28 @@ pub fn do_mkfs(a: &MkfsArgs) -> Result<(), i32> {
             return Err(libc::EINVAL);
         }
     }
-    let fsid = u64::from_le_bytes(random_bytes::<8>());
-    let mut uuid = random_bytes::<16>();
-    uuid[6] = (uuid[6] & 0x0f) | 0x40;
-    uuid[8] = (uuid[8] & 0x3f) | 0x80;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    // The original takes gettimeofday: microsecond resolution.
-    let now = (now.as_secs(), now.subsec_micros() * 1000);
-    let img = build_image(a, meta_size, data_size, fsid, uuid, now).map_err(|m| {
-        eprintln!("{m}");
-        libc::EINVAL
-    })?;
-    let werr = |e: std::io::Error| {
-        let errno = io_errno(&e);
-        eprintln!("write failed: {} ({errno})", crate::strerror(errno));
-        errno
+    let opts = MkfsOptions {
+        quorum_slots: a.slots,
+        fmt_vers: a.fmt_vers,
+        data_alloc_zone_blocks: a.zone_blocks,
+        meta_size_bytes: meta_size,
+        data_size_bytes: data_size,
+        ..MkfsOptions::default()
     };
-    for (blkno, blk) in &img.meta_blocks {
-        dev::write_bytes(&meta, blkno * LG_BLOCK_SIZE as u64, blk).map_err(werr)?;
-    }
-    for i in 0..QUORUM_MAX_SLOTS as u64 {
-        let mut q = vec![0u8; SM_BLOCK_SIZE];
-        seal_block(&mut q, MAGIC_QUORUM, fsid, QUORUM_BLKNO + i, 1);
-        dev::write_bytes(&meta, (QUORUM_BLKNO + i) * SM_BLOCK_SIZE as u64, &q).map_err(werr)?;
-    }
-    let super_off = SUPER_BLKNO * SM_BLOCK_SIZE as u64;
-    dev::write_bytes(&data, super_off, &img.data_super).map_err(werr)?;
-    dev::flush(&data).map_err(werr)?;
-    dev::flush(&meta).map_err(werr)?;
-    dev::write_bytes(&meta, super_off, &img.meta_super).map_err(werr)?;
-    dev::flush(&meta).map_err(werr)?;
+    let summary = format_volume(&meta, &data, &opts).map_err(|e| match e {
+        MkfsError::Invalid(m) => {
+            eprintln!("{m}");
+            libc::EINVAL
+        }
+        MkfsError::Io(e) => {
+            let errno = io_errno(&e);
+            eprintln!("write failed: {} ({errno})", crate::strerror(errno));
+            errno
+        }
+    })?;
+    let fsid = summary.fsid;
 
-    let sb = &img.sb;
+    let sb = &summary.sb;
     println!("Created scoutfs filesystem:");
     println!("  meta device path:       {}", a.meta);
     println!("  data device path:       {}", a.data);

@@ -7,6 +7,7 @@
 //! * [`btree`]: the COW btree over that cache.
 //! * [`alloc`]: list allocators and free-extent trees.
 //! * [`check`]: the offline volume checker behind `scoutfs check`.
+//! * [`mkfs`]: formatting a new volume (the blocks `scoutfs mkfs` writes).
 //! * [`net`]: framing and reliable delivery across reconnects (sans-IO).
 //! * [`quorum`]: the leader election (sans-IO).
 //! * [`link`]: the mount ⇄ server request seam.
@@ -26,6 +27,7 @@ pub mod fs;
 pub mod item;
 pub mod link;
 pub mod merge;
+pub mod mkfs;
 pub mod net;
 pub mod quorum;
 pub mod runtime;

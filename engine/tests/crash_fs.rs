@@ -18,8 +18,9 @@
 //!   land before the metadata commit that follows them.
 //!
 //! The workload then carries on from the recovered state, so later cuts hit
-//! volumes that already went through recovery. `SCOUTFS_CRASH_SEEDS` scales
-//! the seed count (default 20 seeds × 12 cuts = 240 cuts);
+//! volumes that already went through recovery. Defaults: 1,000 seeds × 3
+//! cuts, each seed with its own randomized I/O completion order.
+//! `SCOUTFS_CRASH_SEEDS` and `SCOUTFS_CRASH_CUTS` scale that up for long runs;
 //! `SCOUTFS_CRASH_SEED=N` replays one seed.
 
 mod server_support;
@@ -42,7 +43,6 @@ use server_support::{check, mkfs, Client, GIB};
 const DIRS: usize = 3;
 const NAMES: u32 = 12;
 const XATTR_NAMES: u32 = 4;
-const CUTS_PER_SEED: usize = 12;
 const FILE_MAX_BYTES: usize = 96 * 1024;
 const RID: u64 = 7;
 
@@ -418,7 +418,7 @@ async fn run_seed(seed: u64, rt: Runtime) {
     let mut model = Model::new();
     let mut candidates = vec![model.clone()];
     let mut unsynced = Unsynced::new();
-    for cut in 0..CUTS_PER_SEED {
+    for cut in 0..cuts_per_seed() {
         let node = bring_up(&meta, &data, &rt)
             .await
             .unwrap_or_else(|e| panic!("seed {seed} cut {cut}: bring up: errno {e}"));
@@ -486,6 +486,13 @@ async fn run_seed(seed: u64, rt: Runtime) {
     }
 }
 
+fn cuts_per_seed() -> usize {
+    std::env::var("SCOUTFS_CRASH_CUTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+}
+
 /// Seeds in the default range that found bugs, kept there on purpose:
 /// * 0xc0ffee + 13: extending a file (truncate up) exposed bytes past the
 ///   old EOF that an uncommitted in-place write had left in its last block;
@@ -500,7 +507,7 @@ fn seeds() -> Vec<u64> {
     let n = std::env::var("SCOUTFS_CRASH_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(1000);
     (0..n).map(|i| 0xc0ffee + i).collect()
 }
 

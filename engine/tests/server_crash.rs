@@ -19,19 +19,30 @@ use server_support::*;
 const META: u64 = 8 * GIB;
 const DATA: u64 = 16 * GIB;
 
-/// One action of one mount; returns whether the server acknowledged it.
-async fn step(rng: &mut SmallRng, c: &mut Client) -> Result<(), i32> {
+/// One request of one mount; returns whether the server acknowledged it.
+/// Exactly one request per step, so every commit the server acknowledged
+/// is counted: a step of two requests could commit the first, then land
+/// the second's super without acknowledging it (two supers past the ack).
+async fn step(rng: &mut SmallRng, c: &mut Client, gone: &mut bool) -> Result<(), i32> {
+    if *gone {
+        c.greet().await?;
+        *gone = false;
+        return Ok(());
+    }
     match rng.gen_range(0..10) {
         0 => c.alloc_inodes(rng.gen_range(1..5000)).await.map(|_| ()),
         1 => c.statfs().await.map(|_| ()),
         2 => {
             c.farewell().await?;
-            c.greet().await.map(|_| ())
+            *gone = true;
+            Ok(())
         }
         3 => c.last_seq().await.map(|_| ()),
+        _ if c.lt.is_none() => c.get_log_trees().await.map(|_| ()),
         _ => {
             let (p, d) = (rng.gen_range(0..60), rng.gen_range(0..30));
-            c.cycle(p, d).await
+            let lt = c.build(p, d).await?;
+            c.commit(&lt).await
         }
     }
 }
@@ -45,6 +56,7 @@ async fn crash_run(rt: Runtime, seed: u64, mode: CrashMode) {
         Client::new(&s, &meta, &rt, 0x100),
         Client::new(&s, &meta, &rt, 0x200),
     ];
+    let mut gone = vec![false; clients.len()];
     for c in &clients {
         c.greet().await.unwrap();
     }
@@ -61,7 +73,7 @@ async fn crash_run(rt: Runtime, seed: u64, mode: CrashMode) {
             data.fail_after(data.ops_issued() + n / 8);
         }
         let ci = rng.gen_range(0..clients.len());
-        let res = step(&mut rng, &mut clients[ci]).await;
+        let res = step(&mut rng, &mut clients[ci], &mut gone[ci]).await;
         if i < cut_at {
             res.unwrap_or_else(|e| panic!("seed {seed}: step {i} failed before the cut: {e}"));
         }

@@ -17,7 +17,9 @@
 //!
 //! Touches `alloc` (list and extent allocators), `btree` and `format`.
 
-use crate::alloc::{alloc_extent, empty_list_into_extents, free_extent, move_to_list, ListAlloc};
+use crate::alloc::{
+    alloc_extent, empty_list_into_extents, free_extent, list_blknos, move_to_list, ListAlloc,
+};
 use crate::block::{Error, Result};
 use crate::btree::Btree;
 use crate::format::alloc::ALLOC_LIST_MAX_BLKNOS;
@@ -164,4 +166,78 @@ pub fn set_list_low(head: &mut AllocListHead, low: bool) {
         flags & !ALLOC_FLAG_LOW
     }
     .into();
+}
+
+/// The server's allocators as log merge sees them
+/// ([`ServerAllocs`](crate::merge::server::ServerAllocs)).
+///
+/// * COW blocks come from, and old copies go to, the server transaction's
+///   list allocator: nothing freed is reused before the commit is durable.
+/// * A merge request's list is filled from the metadata extent trees (a
+///   copy of `super.meta_alloc` the caller writes back afterwards), never
+///   below [`SERVER_KEEP_BLOCKS`], so a merge can't wedge the server's own
+///   refills; short of that it is ENOSPC and the mount asks again later.
+/// * A reclaimed request or completion list goes, entry by entry and with
+///   its own blocks, into the transaction's *freed* list: a completion's
+///   `meta_freed` names `fs_root` blocks the durable super still uses, so
+///   they must wait for this commit to be durable (they are drained into
+///   the extent trees by the next commit, like every server free).
+pub struct MergeAllocs<'a> {
+    pub btree: &'a Btree,
+    pub alloc: &'a mut ListAlloc,
+    pub meta_alloc: [AllocRoot; 2],
+}
+
+impl crate::merge::server::ServerAllocs for MergeAllocs<'_> {
+    fn meta(&mut self) -> &mut dyn crate::btree::MetaAllocator {
+        self.alloc
+    }
+
+    fn fill_list(&mut self, count: u64) -> crate::btree::BoxFuture<'_, Result<AllocListHead>> {
+        Box::pin(async move {
+            let spare = meta_extent_total(&self.meta_alloc).saturating_sub(SERVER_KEEP_BLOCKS);
+            if spare < count {
+                return Err(Error::NoSpace(format!(
+                    "{spare} spare metadata blocks for a {count} block merge list"
+                )));
+            }
+            let mut head = AllocListHead::default();
+            let moved = fill_list(
+                self.btree,
+                self.alloc,
+                &mut self.meta_alloc,
+                &mut head,
+                count,
+            )
+            .await?;
+            if moved != count {
+                return Err(Error::NoSpace(format!(
+                    "merge list filled with {moved} of {count} blocks"
+                )));
+            }
+            Ok(head)
+        })
+    }
+
+    fn reclaim_list(&mut self, head: AllocListHead) -> crate::btree::BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if head.ref_.is_null() {
+                if head.total_nr.get() != 0 {
+                    return Err(Error::corrupt(format!(
+                        "reclaimed list without blocks holds {}",
+                        head.total_nr.get()
+                    )));
+                }
+                return Ok(());
+            }
+            let cache = self.btree.cache().clone();
+            let (entries, blocks) = list_blknos(&cache, &head).await?;
+            for b in entries.into_iter().chain(blocks) {
+                self.alloc.free(b).await?;
+                // A clean copy could outlive the blkno's reuse; drop it.
+                cache.forget(b);
+            }
+            Ok(())
+        })
+    }
 }

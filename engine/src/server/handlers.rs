@@ -13,6 +13,7 @@
 
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
+use super::alloc::MergeAllocs;
 use super::alloc::{
     drain_list, empty_extents, fill_list, meta_extent_total, move_extents, reserve_blocks,
     set_list_low, CLIENT_DATA_FILL_LO, CLIENT_DATA_FILL_TARGET, CLIENT_META_FILL_LO,
@@ -25,11 +26,15 @@ use crate::format::items::{
     log_trees_key, mounted_client_key, MountedClient, MOUNTED_CLIENT_FLAG_QUORUM,
 };
 use crate::format::key::zone;
-use crate::format::log_trees::{LogTrees, LOG_TREES_FLAG_FINALIZED};
+use crate::format::log_trees::{
+    LogMergeComplete, LogMergeRequest, LogTrees, LOG_TREES_FLAG_FINALIZED,
+};
 use crate::format::net::{
     Cmd, NetGreeting, NetInodeAlloc, NetRoots, NetStatfs, GREETING_FLAG_QUORUM,
 };
-use crate::format::superblock::{AllocListHead, AllocRoot, SuperBlock};
+use crate::format::superblock::{AllocListHead, AllocRoot, SuperBlock, ALLOC_FLAG_LOW};
+use crate::merge;
+use crate::merge::server::CommitOutcome;
 
 type HResult = std::result::Result<Reply, i32>;
 
@@ -38,7 +43,20 @@ fn errno(e: Error) -> i32 {
 }
 
 fn reply(payload: Vec<u8>, commit: bool) -> HResult {
-    Ok(Reply { payload, commit })
+    Ok(Reply {
+        payload,
+        commit,
+        err: 0,
+    })
+}
+
+/// Replies `err`, after committing first when `commit` is set.
+fn reply_err(err: i32, commit: bool) -> HResult {
+    Ok(Reply {
+        payload: Vec::new(),
+        commit,
+        err,
+    })
 }
 
 /// A log tree is open while its transaction hasn't committed.
@@ -79,8 +97,8 @@ impl Server {
             Cmd::GetLastSeq => self.get_last_seq(st).await,
             Cmd::Statfs => self.statfs(st).await,
             Cmd::Farewell => self.farewell(st, rid).await,
-            // No merge work is ever handed out yet.
-            Cmd::GetLogMerge => Err(libc::ENOENT),
+            Cmd::GetLogMerge => self.get_log_merge(st, rid).await,
+            Cmd::CommitLogMerge => self.commit_log_merge(st, rid, payload).await,
             _ => Err(libc::EINVAL),
         }
     }
@@ -183,7 +201,14 @@ impl Server {
             return reply(lt.as_bytes().to_vec(), false);
         }
         let (mut lt, exists) = match newest {
-            Some(lt) if !is_finalized(&lt) => (lt, true),
+            Some(mut lt) if !is_finalized(&lt) => {
+                if self.should_finalize(&st.sb, &lt).await? {
+                    self.finalize_tree(st, &mut lt).await?;
+                    (new_log_trees(rid, lt.nr.get() + 1), false)
+                } else {
+                    (lt, true)
+                }
+            }
             Some(lt) => (new_log_trees(rid, lt.nr.get() + 1), false),
             None => (new_log_trees(rid, 1), false),
         };
@@ -242,7 +267,198 @@ impl Server {
                 .await
         };
         res.map_err(errno)?;
+        // With this tree finalized the last active one may be gone.
+        self.maybe_start_merge(st).await?;
         reply(lt.as_bytes().to_vec(), true)
+    }
+
+    /// Whether GET_LOG_TREES finalizes the rid's committed tree `lt` (§2.4):
+    /// it holds items and either qualifies (taller than
+    /// `finalize_height`, or its meta_avail is LOW), or some tree is
+    /// finalized and no merge runs yet — a merge waits for every active
+    /// tree (trap 9), so each mount finalizes at its next GET_LOG_TREES.
+    ///
+    /// That last rule stands in for the original's SYNC_LOG_TREES to the
+    /// other mounts and its bounded wait: there is no server → mount
+    /// channel yet, so a mount that never opens another transaction holds
+    /// the merge back until it does (or leaves: FAREWELL finalizes).
+    async fn should_finalize(
+        &self,
+        sb: &SuperBlock,
+        lt: &LogTrees,
+    ) -> std::result::Result<bool, i32> {
+        if !self.opts.finalize || is_finalized(lt) || lt.item_root.is_empty() {
+            return Ok(false);
+        }
+        if lt.item_root.height > self.opts.finalize_height
+            || lt.meta_avail.flags.get() & ALLOC_FLAG_LOW != 0
+        {
+            return Ok(true);
+        }
+        if merge::server::merge_status(&self.btree, sb)
+            .await
+            .map_err(errno)?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        Ok(all_log_trees(&self.btree, sb)
+            .await
+            .map_err(errno)?
+            .iter()
+            .any(is_finalized))
+    }
+
+    /// Returns a tree's allocators to the server's: its meta lists to the
+    /// extent trees (their blocks were freed or left unused by committed
+    /// transactions, so they are durable-free), its data trees to the data
+    /// allocator.
+    async fn return_allocators(
+        &self,
+        st: &mut State,
+        lt: &mut LogTrees,
+    ) -> std::result::Result<(), i32> {
+        let State { sb, alloc, .. } = st;
+        let bt = &self.btree;
+        drain_list(bt, alloc, &mut sb.meta_alloc, &mut lt.meta_avail)
+            .await
+            .map_err(errno)?;
+        drain_list(bt, alloc, &mut sb.meta_alloc, &mut lt.meta_freed)
+            .await
+            .map_err(errno)?;
+        empty_extents(bt, alloc, &mut lt.data_avail, &mut sb.data_alloc)
+            .await
+            .map_err(errno)?;
+        empty_extents(bt, alloc, &mut lt.data_freed, &mut sb.data_alloc)
+            .await
+            .map_err(errno)?;
+        Ok(())
+    }
+
+    /// Finalizes the rid's committed tree `lt` in place and in logs_root:
+    /// allocators returned, FINALIZED with `finalize_seq = next_seq`.
+    /// (The srch log would rotate here too: srch isn't in the server yet.)
+    async fn finalize_tree(
+        &self,
+        st: &mut State,
+        lt: &mut LogTrees,
+    ) -> std::result::Result<(), i32> {
+        debug_assert!(!is_open(lt) && !is_finalized(lt));
+        self.return_allocators(st, lt).await?;
+        merge::server::finalize(lt, st.next_seq());
+        let key = log_trees_key(lt.rid.get(), lt.nr.get());
+        let State { sb, alloc, .. } = st;
+        self.btree
+            .update(&mut sb.logs_root, alloc, &key, lt.as_bytes())
+            .await
+            .map_err(errno)
+    }
+
+    /// Starts a log merge if none runs, some tree is finalized and no
+    /// tree is active ([`merge::server::start_merge`] checks all three).
+    async fn maybe_start_merge(&self, st: &mut State) -> std::result::Result<(), i32> {
+        let State {
+            sb,
+            alloc,
+            core_seq,
+            ..
+        } = st;
+        let mut allocs = MergeAllocs {
+            btree: &self.btree,
+            alloc,
+            meta_alloc: sb.meta_alloc,
+        };
+        let mut next_seq = || {
+            *core_seq += 1;
+            *core_seq
+        };
+        let res = merge::server::start_merge(&self.btree, &mut allocs, sb, &mut next_seq).await;
+        sb.meta_alloc = allocs.meta_alloc;
+        res.map(|_| ()).map_err(errno)
+    }
+
+    /// GET_LOG_MERGE: the next piece of merge work for `rid`, or ENOENT.
+    /// Splicing happens here when due (and is committed even when the
+    /// reply is ENOENT). Replay: a rid that still has a request
+    /// outstanding gets that request again rather than a second one, which
+    /// would hold the merge open forever.
+    async fn get_log_merge(&self, st: &mut State, rid: u64) -> HResult {
+        if !self.is_mounted(&st.sb, rid).await? {
+            return Err(libc::ENOLINK);
+        }
+        let first = merge::request_key(rid, 0);
+        if let Some(it) = self
+            .btree
+            .next(&st.sb.log_merge, &first)
+            .await
+            .map_err(errno)?
+            .filter(|it| it.key.zone == first.zone && it.key.first == rid)
+        {
+            LogMergeRequest::read_from_bytes(&it.val).map_err(|_| libc::EIO)?;
+            return reply(it.val, false);
+        }
+        let before = st.sb;
+        let State {
+            sb,
+            alloc,
+            core_seq,
+            ..
+        } = st;
+        let mut allocs = MergeAllocs {
+            btree: &self.btree,
+            alloc,
+            meta_alloc: sb.meta_alloc,
+        };
+        let mut next_seq = || {
+            *core_seq += 1;
+            *core_seq
+        };
+        let res =
+            merge::server::get_request(&self.btree, &mut allocs, sb, rid, &mut next_seq).await;
+        sb.meta_alloc = allocs.meta_alloc;
+        match res.map_err(errno)? {
+            Some(req) => reply(req.as_bytes().to_vec(), true),
+            None => reply_err(libc::ENOENT, sb.as_bytes() != before.as_bytes()),
+        }
+    }
+
+    /// COMMIT_LOG_MERGE: record a completion (or put an errored request's
+    /// range back). Replay: a completion whose request is gone was already
+    /// recorded, and is acknowledged without a change.
+    async fn commit_log_merge(&self, st: &mut State, rid: u64, payload: &[u8]) -> HResult {
+        let comp = LogMergeComplete::read_from_bytes(payload).map_err(|_| libc::EINVAL)?;
+        if comp.rid.get() != rid {
+            return Err(libc::EINVAL);
+        }
+        let State { sb, alloc, .. } = st;
+        let mut allocs = MergeAllocs {
+            btree: &self.btree,
+            alloc,
+            meta_alloc: sb.meta_alloc,
+        };
+        let res = merge::server::commit_completion(&self.btree, &mut allocs, sb, rid, &comp).await;
+        sb.meta_alloc = allocs.meta_alloc;
+        match res.map_err(errno)? {
+            CommitOutcome::Unknown => reply(Vec::new(), false),
+            CommitOutcome::Stored | CommitOutcome::Failed => reply(Vec::new(), true),
+        }
+    }
+
+    /// Cancels the rid's outstanding merge requests (a mount that is gone).
+    async fn cancel_merge_requests(
+        &self,
+        st: &mut State,
+        rid: u64,
+    ) -> std::result::Result<usize, i32> {
+        let State { sb, alloc, .. } = st;
+        let mut allocs = MergeAllocs {
+            btree: &self.btree,
+            alloc,
+            meta_alloc: sb.meta_alloc,
+        };
+        let res = merge::server::cancel_requests(&self.btree, &mut allocs, sb, rid).await;
+        sb.meta_alloc = allocs.meta_alloc;
+        res.map_err(errno)
     }
 
     /// COMMIT_LOG_TREES: record the mount's committed transaction.
@@ -345,34 +561,21 @@ impl Server {
         reply(out.as_bytes().to_vec(), false)
     }
 
-    /// FAREWELL: reclaim the rid (§5.4 `reclaim_rid`): return its
-    /// allocators, close and finalize its last log tree so its committed
-    /// items stay for merge (an empty tree is deleted, its inode count
-    /// delta folded into the super), then delete its mounted_client item.
+    /// FAREWELL: reclaim the rid (§5.4 `reclaim_rid`): cancel its merge
+    /// requests (ranges back, lists reclaimed), return its allocators,
+    /// close and finalize its last log tree so its committed items stay
+    /// for merge (an empty tree is deleted, its inode count delta folded
+    /// into the super), start a merge if that was the last active tree,
+    /// then delete its mounted_client item.
     async fn farewell(&self, st: &mut State, rid: u64) -> HResult {
-        let mut commit = false;
+        let mut commit = self.cancel_merge_requests(st, rid).await? > 0;
         if let Some(mut lt) = self
             .newest_log_trees(&st.sb, rid)
             .await?
             .filter(|lt| !is_finalized(lt))
         {
             let key = log_trees_key(rid, lt.nr.get());
-            {
-                let State { sb, alloc, .. } = &mut *st;
-                let bt = &self.btree;
-                drain_list(bt, alloc, &mut sb.meta_alloc, &mut lt.meta_avail)
-                    .await
-                    .map_err(errno)?;
-                drain_list(bt, alloc, &mut sb.meta_alloc, &mut lt.meta_freed)
-                    .await
-                    .map_err(errno)?;
-                empty_extents(bt, alloc, &mut lt.data_avail, &mut sb.data_alloc)
-                    .await
-                    .map_err(errno)?;
-                empty_extents(bt, alloc, &mut lt.data_freed, &mut sb.data_alloc)
-                    .await
-                    .map_err(errno)?;
-            }
+            self.return_allocators(st, &mut lt).await?;
             // An open transaction is lost with the mount: close it.
             lt.commit_trans_seq = lt.get_trans_seq;
             if has_content(&lt) {
@@ -395,6 +598,7 @@ impl Server {
                     .await
                     .map_err(errno)?;
             }
+            self.maybe_start_merge(st).await?;
             commit = true;
         }
         let State { sb, alloc, .. } = st;

@@ -30,7 +30,19 @@
 //!   open, COMMIT_LOG_TREES acknowledges a transaction that is already
 //!   committed (or older than the open one), FAREWELL finds nothing left to
 //!   reclaim. ALLOC_INODES hands out a fresh range each time (a replayed
-//!   request only wastes inode numbers).
+//!   request only wastes inode numbers). GET_LOG_MERGE hands a rid its
+//!   outstanding request again instead of a second one; COMMIT_LOG_MERGE
+//!   acknowledges a completion whose request is already gone.
+//! * Log merge (§2.4, through [`crate::merge::server`]): GET_LOG_TREES
+//!   finalizes the caller's tree when it qualifies or when a finalized tree
+//!   waits for a merge (and opens the next tree at nr+1), then starts the
+//!   merge once no active tree remains; GET_LOG_MERGE hands out work and
+//!   splices; FAREWELL cancels the rid's requests. Every commit frees a
+//!   bounded piece ([`merge::FREEING_BUDGET_BLOCKS`]) of the merged trees;
+//!   [`Server::background`] drives that when mounts are idle. Blocks the
+//!   merge gives back (request and completion lists, old `fs_root` blocks,
+//!   freed input trees) go to this commit's freed list, so none is reused
+//!   before the commit that stops referencing it is durable.
 //! * Space (§1.7, trap 28): client fills stop at what the extent trees hold
 //!   above the server's own keep-back, with the LOW flag set on the client's
 //!   meta_avail when free metadata is at or under the reserve and on its
@@ -38,12 +50,15 @@
 //!   never a panic or a wedged commit; freed blocks come back through the
 //!   freed lists and trees.
 //!
-//! Not yet here: log-tree finalization inside GET_LOG_TREES, log merge,
-//! srch rotation, lock recovery and the batching of several handlers into one
-//! commit (each handler commits on its own).
+//! Not yet here: SYNC_LOG_TREES (no server → mount channel: a mount whose
+//! tree holds a merge back finalizes it at its own next GET_LOG_TREES),
+//! reclaiming rids that vanished without a farewell, srch rotation, lock
+//! recovery and the batching of several handlers into one commit (each
+//! handler commits on its own).
 //!
 //! Touches `block` (its own cache over the meta device), `btree`, `alloc`,
-//! `format`, `runtime` (spawning handlers, seqs) and `link`; the devices only
+//! `merge` (its server half), `format`, `runtime` (spawning handlers, seqs)
+//! and `link`; the devices only
 //! through `drivers::BlockDevice`.
 
 pub mod alloc;
@@ -68,6 +83,7 @@ use crate::format::{
     SM_BLOCK_SIZE, SUPER_BLKNO,
 };
 use crate::link::{CallFuture, CallResult, ServerLink};
+use crate::merge;
 use crate::runtime::Runtime;
 
 /// Items read per btree range call when the server walks a tree.
@@ -82,6 +98,13 @@ pub struct ServerOptions {
     pub term: u64,
     /// The `log_blocks` term of the reserve formula (§1.7).
     pub reserve_log_blocks: u64,
+    /// A mount's log tree is finalized at its next GET_LOG_TREES once its
+    /// item root is taller than this: 2 in the original (§2.4); tests lower
+    /// it to make merges frequent.
+    pub finalize_height: u8,
+    /// Whether GET_LOG_TREES finalizes trees at all. Only tests that look
+    /// at allocator pressure alone turn it off: such a volume never merges.
+    pub finalize: bool,
 }
 
 impl Default for ServerOptions {
@@ -90,6 +113,8 @@ impl Default for ServerOptions {
             cache_blocks: 4096,
             term: 1,
             reserve_log_blocks: 0,
+            finalize_height: 2,
+            finalize: true,
         }
     }
 }
@@ -318,22 +343,20 @@ impl Server {
         st.dirty = true;
         let res = self.dispatch(&mut st, rid, cmd, payload).await;
         match res {
-            Ok(Reply { payload, commit }) => {
+            Ok(Reply {
+                payload,
+                commit,
+                err,
+            }) => {
                 if commit {
-                    if let Err(e) = self.commit(&mut st).await {
-                        let errno = match e.errno() {
-                            0 => libc::EIO,
-                            n => n,
-                        };
-                        // Whether the super landed is unknown: stop.
-                        self.stopped.store(errno, Ordering::Release);
-                        self.cache.discard_dirty();
-                        return Err(errno);
-                    }
+                    self.commit_or_stop(&mut st).await?;
                 } else {
                     // Nothing to keep, but a lookup that failed with EEXIST
                     // or ENOENT may have COWed its path: drop that.
                     self.rollback(&mut st);
+                }
+                if err != 0 {
+                    return Err(err);
                 }
                 Ok(payload)
             }
@@ -342,6 +365,48 @@ impl Server {
                 Err(errno)
             }
         }
+    }
+
+    /// Runs one commit if merged log trees are still being freed (the
+    /// background freeing of §2.4 otherwise advances only with commits
+    /// that mounts cause). Returns whether freeing work remains.
+    pub async fn background(&self) -> std::result::Result<bool, i32> {
+        let stopped = self.stopped();
+        if stopped != 0 {
+            return Err(stopped);
+        }
+        let mut st = self.state.lock().await;
+        if st.dirty {
+            self.rollback(&mut st);
+        }
+        let pending = |sb: &SuperBlock| {
+            let (s, e) = (merge::freeing_key(0), merge::freeing_key(u64::MAX));
+            let root = sb.log_merge;
+            async move { self.btree.range(&root, &s, &e, 1).await }
+        };
+        let batch = pending(&st.sb).await.map_err(|e| e.errno())?;
+        if batch.items.is_empty() {
+            return Ok(false);
+        }
+        st.dirty = true;
+        self.commit_or_stop(&mut st).await?;
+        let batch = pending(&st.sb).await.map_err(|e| e.errno())?;
+        Ok(!batch.items.is_empty())
+    }
+
+    /// Commits; a failure stops the server, since whether the super landed
+    /// is unknown.
+    async fn commit_or_stop(&self, st: &mut State) -> std::result::Result<(), i32> {
+        if let Err(e) = self.commit(st).await {
+            let errno = match e.errno() {
+                0 => libc::EIO,
+                n => n,
+            };
+            self.stopped.store(errno, Ordering::Release);
+            self.cache.discard_dirty();
+            return Err(errno);
+        }
+        Ok(())
     }
 
     /// Throws away everything since the last commit.
@@ -375,6 +440,21 @@ impl Server {
         let reserve = alloc::reserve_blocks(nr_clients, self.opts.reserve_log_blocks);
         {
             let State { sb, alloc: a, .. } = &mut *st;
+            // Background freeing of merged trees (§2.4, §5.4): a bounded
+            // piece per commit, into this commit's freed list.
+            let mut allocs = alloc::MergeAllocs {
+                btree: &self.btree,
+                alloc: a,
+                meta_alloc: sb.meta_alloc,
+            };
+            merge::server::free_merged_trees(
+                &self.btree,
+                &mut allocs,
+                sb,
+                merge::FREEING_BUDGET_BLOCKS,
+            )
+            .await?;
+            sb.meta_alloc = allocs.meta_alloc;
             // Blocks freed in the previous commit are durable-free now.
             alloc::drain_list(
                 &self.btree,
@@ -438,10 +518,13 @@ impl Server {
 }
 
 /// What a handler returns: the reply payload and whether it changed state
-/// that must be committed before replying.
+/// that must be committed before replying. A nonzero `err` is the errno to
+/// reply with once that commit is done (GET_LOG_MERGE may splice and end a
+/// merge, which must be kept, and then have no work: ENOENT).
 struct Reply {
     payload: Vec<u8>,
     commit: bool,
+    err: i32,
 }
 
 /// A mount's in-process connection to a [`Server`]. Each call runs its

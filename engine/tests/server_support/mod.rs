@@ -1,7 +1,7 @@
-//! Shared helpers of the server tests: a minimal mkfs onto `FaultDevice`s
-//! (the layout of `cli/src/mkfs.rs`, which lives in another crate), a
-//! simulated mount that opens, fills and commits transactions over an
-//! [`InProcessLink`], and the offline check.
+//! Shared helpers of the server tests: mkfs onto `FaultDevice`s (through
+//! [`engine::mkfs`], the code behind `scoutfs mkfs`), a simulated mount
+//! that opens, fills and commits transactions over an [`InProcessLink`],
+//! and the offline check.
 //!
 //! The simulated mount does what a real one does to the server's data
 //! structures: it COWs xattr items into its log tree with blocks from its
@@ -16,156 +16,35 @@ use drivers::{BlockDevice, FaultDevice};
 use engine::alloc::{alloc_extent, free_extent, ListAlloc};
 use engine::block::{BlockCache, Error};
 use engine::btree::Btree;
-use engine::format::alloc::{free_blkno_key, free_order_key, AllocListBlock};
-use engine::format::block::seal_block;
-use engine::format::btree_block::{encode_node, NodeItem};
-use engine::format::items::{inode_key, meta_seq_key, xattr_key, Inode, FIRST_USER_INO, ROOT_INO};
+use engine::format::items::{xattr_key, ROOT_INO};
 use engine::format::key::zone;
 use engine::format::log_trees::LogTrees;
 use engine::format::net::{Cmd, NetGreeting, NetInodeAlloc, NetStatfs};
-use engine::format::superblock::{
-    AllocRoot, BtreeRoot, InetAddr, SuperBlock, SUPER_FLAG_META_BDEV,
-};
-use engine::format::*;
 use engine::link::ServerLink;
+use engine::mkfs::{format_volume, MkfsOptions};
 use engine::runtime::Runtime;
 use engine::server::{InProcessLink, Server, ServerOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use zerocopy::{FromBytes, FromZeros, IntoBytes};
+use zerocopy::{FromBytes, IntoBytes};
 
 pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
-/// Blocks in the first server avail list (as mkfs).
-const SERVER_AVAIL_BLOCKS: u64 = (64 << 20) >> LG_BLOCK_SHIFT;
 
-fn leaf(fsid: u64, blkno: u64, items: Vec<NodeItem>) -> Vec<u8> {
-    let mut blk = vec![0u8; LG_BLOCK_SIZE];
-    encode_node(0, &items, &mut blk).expect("mkfs leaf fits");
-    seal_block(&mut blk, MAGIC_BTREE, fsid, blkno, 1);
-    blk
-}
-
-fn root_at(blkno: u64) -> BtreeRoot {
-    BtreeRoot {
-        ref_: BlockRef::new(blkno, 1),
-        height: 1,
-        pad: [0; 7],
-    }
-}
-
-fn write(dev: &FaultDevice, off: u64, bytes: &[u8]) {
-    engine::check::io::write_bytes(dev, off, bytes).expect("mkfs write");
-}
-
-/// Formats a new volume the way `scoutfs mkfs -A` does, durably.
-#[allow(clippy::field_reassign_with_default)]
+/// Formats a new volume with [`engine::mkfs`] (what `scoutfs mkfs -A`
+/// writes), durably; fsid, uuid and root inode time come from `seed`.
 pub fn mkfs(meta_bytes: u64, data_bytes: u64, seed: u64) -> (FaultDevice, FaultDevice) {
     let meta = FaultDevice::new(meta_bytes);
     let data = FaultDevice::new(data_bytes);
     let mut rng = SmallRng::seed_from_u64(seed);
-    let fsid: u64 = rng.gen::<u64>() | 1;
-    let last_meta = (meta_bytes >> LG_BLOCK_SHIFT) - 1;
-    let last_data = (data_bytes >> SM_BLOCK_SHIFT) - 1;
-    let mut sb = SuperBlock::default();
-    sb.fmt_vers = FORMAT_VERSION_MAX.into();
-    sb.uuid = rng.gen();
-    sb.next_ino = FIRST_USER_INO.into();
-    sb.inode_count = 1.into();
-    sb.seq = 1.into();
-    sb.total_meta_blocks = (last_meta + 1).into();
-    sb.total_data_blocks = (last_data + 1).into();
-    sb.qconf.version = 1.into();
-    sb.qconf.slots[0].addr = InetAddr::v4(std::net::Ipv4Addr::new(127, 0, 0, 1), 12345);
-    let mut next = META_DEV_START_BLKNO;
-    let put = |blkno: u64, blk: &[u8]| write(&meta, blkno << LG_BLOCK_SHIFT, blk);
-
-    let mut inode = Inode::new_zeroed();
-    inode.next_readdir_pos = 2.into();
-    inode.nlink = 2.into();
-    inode.mode = 0o040755u32.into();
-    let blkno = next;
-    next += 1;
-    put(
-        blkno,
-        &leaf(
-            fsid,
-            blkno,
-            vec![
-                NodeItem::new(meta_seq_key(0, ROOT_INO), vec![]),
-                NodeItem::new(
-                    inode_key(ROOT_INO),
-                    inode.encode(FORMAT_VERSION_MAX).to_vec(),
-                ),
-            ],
-        ),
-    );
-    sb.fs_root = root_at(blkno);
-
-    let blkno = next;
-    next += 1;
-    let mut blk = vec![0u8; LG_BLOCK_SIZE];
-    {
-        let l = AllocListBlock::mut_from_bytes(&mut blk).unwrap();
-        for i in 0..SERVER_AVAIL_BLOCKS as usize {
-            l.blknos[i] = next.into();
-            next += 1;
-        }
-        l.nr = (SERVER_AVAIL_BLOCKS as u32).into();
-    }
-    seal_block(&mut blk, MAGIC_ALLOC_LIST, fsid, blkno, 1);
-    put(blkno, &blk);
-    sb.server_meta_avail[0].ref_ = BlockRef::new(blkno, 1);
-    sb.server_meta_avail[0].total_nr = SERVER_AVAIL_BLOCKS.into();
-    sb.server_meta_avail[0].first_nr = (SERVER_AVAIL_BLOCKS as u32).into();
-
-    let alloc_leaf = |blkno: u64, start: u64, len: u64, root: &mut AllocRoot| {
-        put(
-            blkno,
-            &leaf(
-                fsid,
-                blkno,
-                vec![
-                    NodeItem::new(free_blkno_key(start, len), vec![]),
-                    NodeItem::new(free_order_key(start, len), vec![]),
-                ],
-            ),
-        );
-        root.total_len = len.into();
-        root.root = root_at(blkno);
+    let mut opts = MkfsOptions {
+        fsid: Some(rng.gen::<u64>() | 1),
+        uuid: Some(rng.gen()),
+        now: Some((0, 0)),
+        ..MkfsOptions::default()
     };
-    let blkno = next;
-    next += 1;
-    alloc_leaf(
-        blkno,
-        DATA_DEV_START_BLKNO,
-        last_data - DATA_DEV_START_BLKNO + 1,
-        &mut sb.data_alloc,
-    );
-    let mut start = next + 2;
-    let half = (last_meta - start + 1).div_ceil(2);
-    for i in 0..2 {
-        let blkno = next;
-        next += 1;
-        let len = half.min(last_meta - start + 1);
-        alloc_leaf(blkno, start, len, &mut sb.meta_alloc[i]);
-        start += half;
-    }
-    for i in 0..QUORUM_MAX_SLOTS as u64 {
-        let mut q = vec![0u8; SM_BLOCK_SIZE];
-        seal_block(&mut q, MAGIC_QUORUM, fsid, QUORUM_BLKNO + i, 1);
-        write(&meta, (QUORUM_BLKNO + i) << SM_BLOCK_SHIFT, &q);
-    }
-    let mut sup = vec![0u8; SM_BLOCK_SIZE];
-    sup[..std::mem::size_of::<SuperBlock>()].copy_from_slice(sb.as_bytes());
-    seal_block(&mut sup, MAGIC_SUPER, fsid, SUPER_BLKNO, 1);
-    write(&data, SUPER_BLKNO << SM_BLOCK_SHIFT, &sup);
-    sb.flags = SUPER_FLAG_META_BDEV.into();
-    sup[..std::mem::size_of::<SuperBlock>()].copy_from_slice(sb.as_bytes());
-    seal_block(&mut sup, MAGIC_SUPER, fsid, SUPER_BLKNO, 1);
-    write(&meta, SUPER_BLKNO << SM_BLOCK_SHIFT, &sup);
-    engine::check::io::flush(&meta).unwrap();
-    engine::check::io::flush(&data).unwrap();
+    opts.quorum_slots[0] = Some((std::net::Ipv4Addr::new(127, 0, 0, 1), 12345));
+    format_volume(&meta, &data, &opts).expect("mkfs");
     (meta, data)
 }
 
