@@ -29,6 +29,7 @@ fn opts(cache_items_max: usize) -> MountOptions {
         block_cache_blocks: 64,
         commit_interval: None,
         commit_retry: None,
+        merge_interval: None,
     }
 }
 

@@ -73,6 +73,9 @@ use crate::item::{HoldGuard, ItemFuture, Items, Transactions};
 use crate::link::ServerLink;
 use crate::runtime::{JoinHandle, Runtime};
 
+mod merge_worker;
+pub use merge_worker::{MergeStats, MERGE_INTERVAL_DEFAULT};
+
 /// A hold forces a commit first when `meta_avail` has fewer blocks.
 pub const META_AVAIL_MIN_BLOCKS: u64 = 16;
 /// Inode numbers asked of the server per `ALLOC_INODES`.
@@ -96,6 +99,9 @@ pub struct MountOptions {
     /// Retry failed write/commit/reopen steps after this long; `None`:
     /// surface the error (tests).
     pub commit_retry: Option<Duration>,
+    /// Ask the server for log merge work this often (§2.4); `None`: only
+    /// through [`Mount::merge_now`].
+    pub merge_interval: Option<Duration>,
 }
 
 impl Default for MountOptions {
@@ -105,6 +111,7 @@ impl Default for MountOptions {
             block_cache_blocks: BLOCK_CACHE_BLOCKS_DEFAULT,
             commit_interval: Some(COMMIT_INTERVAL_DEFAULT),
             commit_retry: Some(COMMIT_RETRY_DEFAULT),
+            merge_interval: Some(MERGE_INTERVAL_DEFAULT),
         }
     }
 }
@@ -193,12 +200,14 @@ struct Inner {
     commit_lock: futures::lock::Mutex<()>,
     inode_pool: futures::lock::Mutex<(u64, u64)>,
     inode_delta: AtomicI64,
+    merge: merge_worker::MergeState,
 }
 
 /// The client side of one mounted volume.
 pub struct Mount {
     inner: Arc<Inner>,
     timer: Option<JoinHandle<()>>,
+    merger: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Mount {
@@ -236,6 +245,7 @@ impl Mount {
         opts: MountOptions,
     ) -> Result<Mount, i32> {
         let sb = read_super(&meta).await?;
+        let merge = merge_worker::MergeState::new(&meta, sb.hdr.fsid.get(), &rt);
         let rt2 = rt.clone();
         let cache = Arc::new(BlockCache::new(
             meta,
@@ -263,6 +273,7 @@ impl Mount {
             commit_lock: futures::lock::Mutex::new(()),
             inode_pool: futures::lock::Mutex::new((0, 0)),
             inode_delta: AtomicI64::new(0),
+            merge,
             opts,
             rt,
         });
@@ -273,7 +284,17 @@ impl Mount {
                 .rt
                 .spawn(commit_timer(weak, inner.rt.clone(), interval))
         });
-        Ok(Mount { inner, timer })
+        let merger = inner.opts.merge_interval.map(|interval| {
+            let weak = Arc::downgrade(&inner);
+            inner
+                .rt
+                .spawn(merge_worker::merge_worker(weak, inner.rt.clone(), interval))
+        });
+        Ok(Mount {
+            inner,
+            timer,
+            merger,
+        })
     }
 
     pub fn rid(&self) -> u64 {
@@ -329,6 +350,7 @@ impl Drop for Mount {
     fn drop(&mut self) {
         // Dropping the handle cancels the timer task.
         self.timer.take();
+        self.merger.take();
     }
 }
 
