@@ -95,7 +95,14 @@ struct Node {
     dirs: Vec<u64>,
 }
 
-async fn bring_up(meta: &FaultDevice, data: &FaultDevice, rt: &Runtime) -> Result<Node, i32> {
+/// Opens the server and a mount on the devices; with `first`, also makes
+/// the workload's directories and syncs them.
+async fn bring_up(
+    meta: &FaultDevice,
+    data: &FaultDevice,
+    rt: &Runtime,
+    first: bool,
+) -> Result<Node, i32> {
     let server = Server::open(
         Arc::new(meta.clone()),
         Arc::new(data.clone()),
@@ -135,7 +142,15 @@ async fn bring_up(meta: &FaultDevice, data: &FaultDevice, rt: &Runtime) -> Resul
     let mut dirs = Vec::new();
     for d in 0..DIRS {
         let name = format!("d{d}");
-        dirs.push(fs.lookup(ROOT_INO, name.as_bytes()).await?.ino);
+        let attr = if first {
+            fs.mkdir(&ctx(), ROOT_INO, name.as_bytes(), 0o755).await?
+        } else {
+            fs.lookup(ROOT_INO, name.as_bytes()).await?
+        };
+        dirs.push(attr.ino);
+    }
+    if first {
+        fs.fsync().await?;
     }
     Ok(Node {
         _server: server,
@@ -367,59 +382,19 @@ async fn run_seed(seed: u64, rt: Runtime) {
     let (mut meta, mut data) = mkfs(8 * GIB, 16 * GIB, seed);
     meta.set_completion_delay(rt.random_u64(), 2);
     data.set_completion_delay(rt.random_u64(), 2);
-    {
-        // The directories exist before the first cut.
-        let server = Server::open(
-            Arc::new(meta.clone()),
-            Arc::new(data.clone()),
-            rt.clone(),
-            Default::default(),
-        )
-        .await
-        .expect("server");
-        Client::new(&server, &meta, &rt, RID)
-            .greet()
+    // The directories exist before the first cut.
+    drop(
+        bring_up(&meta, &data, &rt, true)
             .await
-            .expect("greet");
-        let link = Arc::new(InProcessLink::new(server.clone(), RID));
-        let opts = MountOptions {
-            commit_interval: None,
-            commit_retry: None,
-            ..Default::default()
-        };
-        let mount = Arc::new(
-            Mount::open(
-                Arc::new(meta.clone()),
-                Arc::new(data.clone()),
-                link,
-                rt.clone(),
-                RID,
-                opts,
-            )
-            .await
-            .expect("mount"),
-        );
-        let fs = Fs::new(
-            mount.clone(),
-            mount.clone(),
-            Arc::new(data.clone()),
-            mount.fmt_vers(),
-            Box::new(|| Time { sec: 1, nsec: 0 }),
-        );
-        for d in 0..DIRS {
-            fs.mkdir(&ctx(), ROOT_INO, format!("d{d}").as_bytes(), 0o755)
-                .await
-                .expect("mkdir");
-        }
-        fs.fsync().await.expect("initial sync");
-    }
+            .expect("first bring up"),
+    );
     // States the volume may legally come back in: every operation boundary
     // since the last fsync that returned.
     let mut model = Model::new();
     let mut candidates = vec![model.clone()];
     let mut unsynced = Unsynced::new();
     for cut in 0..cuts_per_seed() {
-        let node = bring_up(&meta, &data, &rt)
+        let node = bring_up(&meta, &data, &rt, false)
             .await
             .unwrap_or_else(|e| panic!("seed {seed} cut {cut}: bring up: errno {e}"));
         let recovered = read_back(&node)
