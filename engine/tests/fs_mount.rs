@@ -112,3 +112,27 @@ fn namespace_and_data_survive_sync_and_a_second_mount() {
         assert_eq!(names, vec![b"dir".to_vec(), b"moved".to_vec()]);
     });
 }
+
+/// An unlinked file that is still open keeps its inode under an orphan item
+/// (`8/0/4/ino`: the inode number is the key's *second* field). The checker
+/// once read it from the third field and called every such volume corrupt.
+#[test]
+fn open_unlinked_file_leaves_an_orphan_the_checker_accepts() {
+    let sim = Sim::new(4);
+    let rt = sim.runtime();
+    sim.block_on(async move {
+        let (meta, data) = mkfs(8 * GIB, 16 * GIB, 4);
+        let server = open(&meta, &data, &rt).await;
+        let (_m, fs) = fs_on(&server, &meta, &data, &rt, 1).await;
+        let f = fs.create(&ctx(), ROOT_INO, b"tmp", 0o644).await.unwrap();
+        fs.open(f.ino).await.unwrap();
+        fs.unlink(ROOT_INO, b"tmp").await.unwrap();
+        fs.fsync().await.unwrap();
+        assert_clean(&meta, &data, "open unlinked file");
+        assert_eq!(fs.getattr(f.ino).await.unwrap().nlink, 0);
+        fs.release(f.ino).await.unwrap();
+        fs.fsync().await.unwrap();
+        assert_clean(&meta, &data, "after the last release");
+        assert_eq!(fs.getattr(f.ino).await, Err(libc::ENOENT));
+    });
+}
