@@ -25,6 +25,7 @@
 //! This is the one module of the engine allowed to read the real clock and
 //! start threads; each such use carries a local `allow` saying why.
 
+use super::{ClearOnDrop, ThreadMark};
 use std::cell::Cell;
 use std::future::Future;
 use std::io;
@@ -174,7 +175,7 @@ impl Executor {
             "Executor::block_on called while this executor is already running"
         );
         let _running = ClearOnDrop(&shared.running);
-        let _engine = EngineThread::enter(shared);
+        let _engine = ThreadMark::enter(&ENGINE, shared.id());
 
         let main = Arc::new(MainWaker {
             woken: AtomicBool::new(true),
@@ -360,33 +361,6 @@ impl Shared {
         }
         let timers = lock(&self.timers).drain();
         drop(timers);
-    }
-}
-
-/// Clears a flag when dropped, panicking or not.
-struct ClearOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for ClearOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
-
-/// Marks the current thread as an executor's engine thread for a scope.
-struct EngineThread {
-    previous: usize,
-}
-
-impl EngineThread {
-    fn enter(shared: &Shared) -> EngineThread {
-        let previous = ENGINE.with(|engine| engine.replace(shared.id()));
-        EngineThread { previous }
-    }
-}
-
-impl Drop for EngineThread {
-    fn drop(&mut self) {
-        ENGINE.with(|engine| engine.set(self.previous));
     }
 }
 

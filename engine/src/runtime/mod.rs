@@ -353,3 +353,35 @@ impl Future for YieldNow {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("deadline elapsed")]
 pub struct Elapsed;
+
+/// Clears a flag when dropped, panicking or not.
+pub(crate) struct ClearOnDrop<'a>(pub(crate) &'a std::sync::atomic::AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Records in a thread-local which runtime this thread is driving, for a
+/// scope, and restores the previous value after (runtimes may nest).
+pub(crate) struct ThreadMark {
+    key: &'static std::thread::LocalKey<std::cell::Cell<usize>>,
+    previous: usize,
+}
+
+impl ThreadMark {
+    pub(crate) fn enter(
+        key: &'static std::thread::LocalKey<std::cell::Cell<usize>>,
+        id: usize,
+    ) -> ThreadMark {
+        let previous = key.with(|cell| cell.replace(id));
+        ThreadMark { key, previous }
+    }
+}
+
+impl Drop for ThreadMark {
+    fn drop(&mut self) {
+        self.key.with(|cell| cell.set(self.previous));
+    }
+}

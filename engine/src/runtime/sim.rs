@@ -23,6 +23,7 @@
 //! generators derived from the seed, so adding a random draw to engine code
 //! does not by itself reshuffle the interleaving.
 
+use super::{ClearOnDrop, ThreadMark};
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::pin;
@@ -192,7 +193,7 @@ impl Sim {
             "Sim::block_on called while this simulation is already running"
         );
         let _running = ClearOnDrop(&shared.running);
-        let _thread = SimThread::enter(shared);
+        let _thread = ThreadMark::enter(&SIM, shared.id());
 
         let main = Arc::new(MainWaker {
             shared: Arc::downgrade(&self.shared),
@@ -375,33 +376,6 @@ impl Shared {
         }
         let timers = self.lock().timers.drain();
         drop(timers);
-    }
-}
-
-/// Clears a flag when dropped, panicking or not.
-struct ClearOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for ClearOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
-    }
-}
-
-/// Marks the current thread as the simulation's thread for a scope.
-struct SimThread {
-    previous: usize,
-}
-
-impl SimThread {
-    fn enter(shared: &Shared) -> SimThread {
-        let previous = SIM.with(|sim| sim.replace(shared.id()));
-        SimThread { previous }
-    }
-}
-
-impl Drop for SimThread {
-    fn drop(&mut self) {
-        SIM.with(|sim| sim.set(self.previous));
     }
 }
 
