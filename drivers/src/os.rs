@@ -161,61 +161,22 @@ fn logical_sector_bytes(file: &File) -> io::Result<u32> {
 
 /// Reads exactly `buf.len()` bytes at `offset`; end of file inside the range
 /// is `EIO` (the size was fixed at open, so it means the file shrank).
-pub(crate) fn pread_full(file: &File, mut offset: u64, mut buf: &mut [u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        // SAFETY: buf is a live, exclusively borrowed slice of buf.len() bytes.
-        let rc = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                offset as libc::off_t,
-            )
-        };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if rc == 0 {
-            return Err(errno(libc::EIO));
-        }
-        let done = rc as usize;
-        buf = &mut buf[done..];
-        offset += done as u64;
-    }
-    Ok(())
+pub(crate) fn pread_full(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    // read_exact_at loops over short reads and EINTR.
+    file.read_exact_at(buf, offset).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => errno(libc::EIO),
+        _ => e,
+    })
 }
 
 /// Writes all of `buf` at `offset`, looping over short writes and `EINTR`.
-pub(crate) fn pwrite_full(file: &File, mut offset: u64, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        // SAFETY: buf is a live slice of buf.len() bytes.
-        let rc = unsafe {
-            libc::pwrite(
-                file.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                offset as libc::off_t,
-            )
-        };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if rc == 0 {
-            return Err(errno(libc::EIO));
-        }
-        let done = rc as usize;
-        buf = &buf[done..];
-        offset += done as u64;
-    }
-    Ok(())
+pub(crate) fn pwrite_full(file: &File, offset: u64, buf: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(buf, offset).map_err(|e| match e.kind() {
+        io::ErrorKind::WriteZero => errno(libc::EIO),
+        _ => e,
+    })
 }
 
 /// `fdatasync`, retried on `EINTR`.
