@@ -17,6 +17,7 @@
 //! * [`fs`]: filesystem operations (inodes, directories, xattrs, data) over that API.
 //! * [`server`]: the server: supers, commits, allocators, request handlers.
 //! * [`merge`]: log tree finalization, merge and splice.
+//! * [`lock`]: cluster range locks, client and server (sans-IO).
 pub mod alloc;
 pub mod block;
 pub mod btree;
@@ -26,6 +27,7 @@ pub mod format;
 pub mod fs;
 pub mod item;
 pub mod link;
+pub mod lock;
 pub mod merge;
 pub mod mkfs;
 pub mod net;

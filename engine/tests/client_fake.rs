@@ -25,7 +25,7 @@ use engine::format::bloom::{bloom_bits, BloomBlock};
 use engine::format::items::log_trees_key;
 use engine::format::log_trees::{LogTrees, LOG_TREES_FLAG_FINALIZED};
 use engine::format::net::{Cmd, NetInodeAlloc, NetRoots};
-use engine::format::superblock::{AllocListHead, AllocRoot, BtreeRoot, SuperBlock};
+use engine::format::superblock::{AllocListHead, AllocRoot, BtreeRoot, SuperBlock, ALLOC_FLAG_LOW};
 use engine::format::{
     BlockRef, Key, LG_BLOCK_SIZE, MAGIC_ALLOC_LIST, MAGIC_BLOOM, MAGIC_SUPER, SM_BLOCK_SHIFT,
     SM_BLOCK_SIZE, SUPER_BLKNO,
@@ -233,6 +233,9 @@ impl FakeServer {
                 )
                 .await
                 .unwrap();
+                // Like the real server (§12): under 1 GiB after the fill is
+                // LOW, so the mount doesn't commit early hoping for more.
+                data.flags = ALLOC_FLAG_LOW.into();
                 lt.data_avail = data;
                 lt
             }

@@ -17,6 +17,7 @@ use engine::format::net::{Cmd, NetRoots};
 use engine::format::superblock::{SuperBlock, ALLOC_FLAG_LOW};
 use engine::format::{MAGIC_SUPER, SM_BLOCK_SHIFT, SM_BLOCK_SIZE, SUPER_BLKNO};
 use engine::runtime::{for_each_runtime, Runtime};
+use engine::server::alloc::MetaBudget;
 use engine::server::{Server, ServerOptions};
 use server_support::*;
 use zerocopy::{FromBytes, IntoBytes};
@@ -117,7 +118,8 @@ fn server_transactions_keep_every_block_accounted() {
         let lt = a.get_log_trees().await.unwrap();
         assert_eq!(lt.nr.get(), 1);
         assert!(lt.get_trans_seq.get() > lt.commit_trans_seq.get());
-        assert_eq!(lt.meta_avail.total_nr.get(), 8185);
+        let budget = MetaBudget::for_device(s.stable_super().total_meta_blocks.get());
+        assert_eq!(lt.meta_avail.total_nr.get(), budget.client_fill_target);
         assert_eq!(lt.data_avail.total_len.get(), (4 * GIB) >> SM_BLOCK_SHIFT);
         assert_eq!(
             lt.meta_avail.flags.get() & ALLOC_FLAG_LOW,

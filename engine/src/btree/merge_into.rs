@@ -223,11 +223,17 @@ impl Btree {
             }
         }
         let upper = cur.items[idx].key;
-        self.store(&cur)?;
         let res = f(&mut child.items, upper);
-        // A leaf emptied by deletes stays as an empty non-root leaf; the
-        // next ordinary descent through it joins it.
-        self.store(&child)?;
+        if child.items.is_empty() && cur.items.len() > 1 {
+            self.free_node(&child, alloc).await?;
+            super::remove_child(&mut cur, idx);
+        } else {
+            // The subtree's last leaf, emptied, has to stay (the root is
+            // never empty); the server's rebalance after the splice joins
+            // the root and so drops it.
+            self.store(&child)?;
+        }
+        self.store(&cur)?;
         res.map(Some)
     }
 

@@ -134,6 +134,16 @@ fn view_ref(view: &BlockView<'_>, i: usize) -> Result<BlockRef> {
         .map_err(|_| Error::corrupt(format!("parent item {} has no ref", view.key(i))))
 }
 
+/// Drops the parent item at `idx`; when it was the last one, its key (the
+/// parent's upper bound) moves to the item before, which now covers its keys.
+fn remove_child(parent: &mut Node, idx: usize) {
+    let last = idx + 1 == parent.items.len();
+    let removed = parent.items.remove(idx);
+    if last && idx > 0 {
+        parent.items[idx - 1].key = removed.key;
+    }
+}
+
 fn check_value(val: &[u8]) -> Result<()> {
     if val.len() > MAX_VAL_SIZE {
         return Err(Error::TooBig(val.len()));
@@ -516,6 +526,27 @@ impl Btree {
                 }
             }
             upper = cur.items[idx].key;
+            if child.level == 0 {
+                // The leaf is edited with its parent in hand, so a leaf the
+                // edit empties leaves the tree at once (check faults an
+                // empty non-root block, and nothing may come back to join it).
+                let res = f(&mut child.items, upper);
+                if child.items.is_empty() && cur.items.len() > 1 {
+                    self.free_node(&child, alloc).await?;
+                    remove_child(&mut cur, idx);
+                    if is_root && cur.items.len() == 1 {
+                        let only = child_ref(&cur.items[0])?;
+                        self.free_node(&cur, alloc).await?;
+                        root.height -= 1;
+                        root.ref_ = only;
+                        return res;
+                    }
+                } else {
+                    self.store(&child)?;
+                }
+                self.store(&cur)?;
+                return res;
+            }
             self.store(&cur)?;
             cur = child;
         }

@@ -26,15 +26,19 @@
 //!   the end; an interrupted truncate is finished by the next write or
 //!   setattr.
 //!
-//! Not done: preallocation, fallocate, waiting for offline data (a write
-//! over an offline extent just allocates; a read of one returns zeros).
+//! * fallocate (mode 0 and KEEP_SIZE) maps holes with UNWRITTEN extents,
+//!   which read as zeros and turn written block by block as data lands.
+//!
+//! Not done: preallocation, punching holes, fallocate over offline extents
+//! (left offline), waiting for offline data (a write over an offline extent
+//! just allocates; a read of one returns zeros).
 
 use drivers::AlignedBuf;
 use zerocopy::FromBytes;
 
 use super::{
     bytes_of, io_errno, is_dir, is_reg, Batch, Fs, FsResult, BLOCK_BYTES, BLOCK_SHIFT,
-    MAX_FILE_BYTES, TRUNCATE_EXTENTS_PER_HOLD, WRITE_BLOCKS_PER_HOLD,
+    MAX_FILE_BYTES, S_ISGID, S_ISUID, S_IXGRP, TRUNCATE_EXTENTS_PER_HOLD, WRITE_BLOCKS_PER_HOLD,
 };
 use crate::format::items::{
     data_extent_key, DataExtent, EXTENT_FLAG_OFFLINE, EXTENT_FLAG_UNWRITTEN, INODE_FLAG_TRUNCATE,
@@ -42,6 +46,24 @@ use crate::format::items::{
 
 /// Largest device transfer of a read, in blocks.
 const READ_BLOCKS_MAX: u64 = 256;
+
+/// fallocate mode bit: allocate without changing the size.
+pub const FALLOC_FL_KEEP_SIZE: u32 = 1;
+/// Most blocks one fallocate allocation step asks for (§7.4: 128 MiB).
+pub const FALLOCATE_STEP_BLOCKS: u64 = (128 << 20) / BLOCK_BYTES;
+/// Most extents one fallocate hold creates (§7.4).
+pub const FALLOCATE_EXTENTS_PER_HOLD: usize = 8;
+
+/// How [`Fs::write_with`] places and treats a write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteFlags {
+    /// O_APPEND: the data goes at the file's current end, whatever offset
+    /// the caller passed (a kernel's idea of the size may be stale).
+    pub append: bool,
+    /// The writer lacks CAP_FSETID: clear set-user-ID, and set-group-ID
+    /// when group-executable, as Linux does on write.
+    pub kill_suidgid: bool,
+}
 
 /// A data extent: `len` blocks from logical block `start`, at `blkno` on
 /// the data device (0 = unmapped).
@@ -287,12 +309,22 @@ impl Fs {
     /// Writes `data` at `offset`, extending the size; returns the bytes
     /// written. Each ≤ 1 MiB piece is its own hold.
     pub async fn write(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+        self.write_with(ino, offset, data, WriteFlags::default())
+            .await
+            .map(|(_, n)| n)
+    }
+
+    /// [`Fs::write`] with [`WriteFlags`]: returns where the data landed
+    /// (the end of file for an append) and the bytes written.
+    pub async fn write_with(
+        &self,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+        flags: WriteFlags,
+    ) -> FsResult<(u64, usize)> {
         let _op = self.op_lock.lock().await;
-        let end = offset
-            .checked_add(data.len() as u64)
-            .filter(|&e| e <= MAX_FILE_BYTES)
-            .ok_or(libc::EFBIG)?;
-        {
+        let offset = {
             let i = self.read_inode(ino).await?;
             let mode = i.mode.get();
             if is_dir(mode) {
@@ -301,9 +333,19 @@ impl Fs {
             if !is_reg(mode) {
                 return Err(libc::EINVAL);
             }
-        }
+            // The size of a pending truncate is already the new size.
+            if flags.append {
+                i.size.get()
+            } else {
+                offset
+            }
+        };
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE_BYTES)
+            .ok_or(libc::EFBIG)?;
         if data.is_empty() {
-            return Ok(0);
+            return Ok((offset, 0));
         }
         self.finish_truncate(ino).await?;
         let piece = WRITE_BLOCKS_PER_HOLD * BLOCK_BYTES;
@@ -312,18 +354,119 @@ impl Fs {
             // Pieces end on block boundaries after the first.
             let piece_end = ((at / piece) + 1).saturating_mul(piece).min(end);
             let slice = &data[(at - offset) as usize..(piece_end - offset) as usize];
-            self.write_piece(ino, at, slice).await?;
+            self.write_piece(ino, at, slice, flags.kill_suidgid).await?;
             at = piece_end;
         }
-        Ok(data.len())
+        Ok((offset, data.len()))
     }
 
-    async fn write_piece(&self, ino: u64, offset: u64, data: &[u8]) -> FsResult<()> {
+    /// Allocates unwritten extents over the holes of `offset..offset+len`
+    /// (§7.4: mode 0 or [`FALLOC_FL_KEEP_SIZE`] only; no punching). Mode 0
+    /// raises the size to `offset + len`. Allocation goes
+    /// [`FALLOCATE_STEP_BLOCKS`] at a time, [`FALLOCATE_EXTENTS_PER_HOLD`]
+    /// extents per hold. Offline extents are left as they are (they read as
+    /// zeros until staged); mapped ones are kept.
+    pub async fn fallocate(&self, ino: u64, mode: u32, offset: u64, len: u64) -> FsResult<()> {
+        if mode & !FALLOC_FL_KEEP_SIZE != 0 {
+            return Err(libc::EOPNOTSUPP);
+        }
+        if len == 0 {
+            return Err(libc::EINVAL);
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_BYTES)
+            .ok_or(libc::EFBIG)?;
+        let _op = self.op_lock.lock().await;
+        {
+            let i = self.read_inode(ino).await?;
+            let m = i.mode.get();
+            if is_dir(m) {
+                return Err(libc::EISDIR);
+            }
+            if !is_reg(m) {
+                return Err(libc::ENODEV);
+            }
+        }
+        self.finish_truncate(ino).await?;
+        let last = (end - 1) >> BLOCK_SHIFT;
+        let mut b = offset >> BLOCK_SHIFT;
+        loop {
+            let now = self.now();
+            let hold = self.hold(true).await?;
+            let mut bt = Batch::new(self);
+            bt.load(ino).await?;
+            let mut made = 0;
+            while b <= last && made < FALLOCATE_EXTENTS_PER_HOLD {
+                let next = self.extent_at_or_after(ino, b).await?;
+                if let Some(e) = next.filter(|e| e.start <= b) {
+                    b = e.last().saturating_add(1);
+                    continue;
+                }
+                let hole_end = match next {
+                    Some(e) => (e.start - 1).min(last),
+                    None => last,
+                };
+                let want = (hole_end - b + 1).min(FALLOCATE_STEP_BLOCKS);
+                let (blkno, got) = self.trans.alloc_data(want).await?;
+                if got == 0 || got > want || blkno == 0 {
+                    return Err(libc::EIO);
+                }
+                self.insert_extent(
+                    ino,
+                    Extent {
+                        start: b,
+                        len: got,
+                        blkno,
+                        flags: EXTENT_FLAG_UNWRITTEN,
+                    },
+                )
+                .await?;
+                let i = bt.inode(ino);
+                i.online_blocks = (i.online_blocks.get() + got).into();
+                b += got;
+                made += 1;
+            }
+            let done = b > last;
+            let i = bt.inode(ino);
+            if done && mode & FALLOC_FL_KEEP_SIZE == 0 && end > i.size.get() {
+                i.size = end.into();
+                i.mtime = now.to_disk();
+                bt.data_dirty(ino);
+            }
+            if made > 0 || done {
+                bt.inode(ino).ctime = now.to_disk();
+                bt.dirty(ino);
+                bt.store_all().await?;
+            }
+            drop(hold);
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn write_piece(
+        &self,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> FsResult<()> {
         let now = self.now();
         let end = offset + data.len() as u64;
         let hold = self.hold(true).await?;
         let mut bt = Batch::new(self);
         bt.load(ino).await?;
+        if kill_suidgid {
+            let i = bt.inode(ino);
+            let m = i.mode.get();
+            let mut kill = S_ISUID;
+            if m & S_IXGRP != 0 {
+                kill |= S_ISGID;
+            }
+            i.mode = (m & !kill).into();
+        }
         let old_size = bt.inode(ino).size.get();
         if offset > old_size {
             // The gap from the old EOF must read as zeros, whatever an

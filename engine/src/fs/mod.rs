@@ -37,14 +37,15 @@
 //! uid/gid/groups, e.g. FUSE `default_permissions`), POSIX ACL enforcement
 //! (ACL xattrs are stored like any other), `.srch.` log entries (the item API
 //! has no srch log yet), quota rules, retention, waiting for offline data,
-//! data preallocation, fallocate, atime updates on read (atime changes only
-//! through setattr).
+//! data preallocation, atime updates on read (atime changes only through
+//! setattr).
 //!
 //! Touches only [`crate::item::api`] (items, transactions, allocation),
 //! [`crate::format`] (encodings) and the data device ([`drivers::BlockDevice`]).
 
 mod data;
 mod dir;
+mod query;
 mod xattr;
 
 use std::collections::BTreeMap;
@@ -61,11 +62,14 @@ use crate::format::quorum::Timespec;
 use crate::format::FORMAT_VERSION_V2;
 use crate::item::api::{HoldGuard, Items, Transactions};
 
-pub use data::Extent;
+pub use data::{
+    Extent, WriteFlags, FALLOCATE_EXTENTS_PER_HOLD, FALLOCATE_STEP_BLOCKS, FALLOC_FL_KEEP_SIZE,
+};
 pub use dir::{
     entry_header, linux_dtype, mode_dt, DirEntry, RENAME_EXCHANGE, RENAME_NOREPLACE,
     RENAME_WHITEOUT,
 };
+pub use query::{IndexKind, InoPath, RefEntry, INODE_GROUP_NR, PATH_BYTES_MAX};
 pub use xattr::{parse_tags, parse_u64, Tags, XATTR_CREATE, XATTR_REPLACE};
 
 /// Result of a filesystem operation: errors are positive errnos.
@@ -435,6 +439,15 @@ impl Fs {
         let i = self.read_inode(ino).await?;
         *self.state().opens.entry(ino).or_insert(0) += 1;
         Ok(Attr::from_inode(ino, &i))
+    }
+
+    /// Takes a reference like [`Fs::open`] on an inode an operation just
+    /// returned, without reading it: a frontend's kernel lookup count (FUSE
+    /// counts a lookup for every entry it replies with). Dropped with
+    /// [`Fs::release`]. Taking it on an inode a racing unlink already
+    /// deleted is harmless: its release finds nothing to delete.
+    pub fn grab(&self, ino: u64) {
+        *self.state().opens.entry(ino).or_insert(0) += 1;
     }
 
     /// Drops a reference taken by [`Fs::open`]; the last one of an unlinked

@@ -36,6 +36,10 @@ pub trait Items: Send + Sync {
     fn delete(&self, key: Key) -> ItemFuture<'_, ()>;
 
     /// Writes an item without reading first (index, orphan, totl, indx items).
+    /// On a `.totl.` key (zone 12) the value is a [`TotlValue`] delta that
+    /// is *added* to what the key holds (§2.5), never a replacement.
+    ///
+    /// [`TotlValue`]: crate::format::items::TotlValue
     fn create_force(&self, key: Key, val: Vec<u8>) -> ItemFuture<'_, ()>;
 
     /// Deletes an item without reading first.

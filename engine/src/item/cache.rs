@@ -20,6 +20,12 @@
 //!   the cache.
 //! * `write_done` only cleans items not changed since the matching
 //!   `dirty_items` snapshot.
+//! * Delta items (`.totl.`, §2.5) live apart from the ranges: each key holds
+//!   this mount's running sum of deltas *for the open log tree* (a log tree
+//!   keeps one version per key, so every commit rewrites the cumulative
+//!   sum). They are never dropped by shrinking, are reset by
+//!   [`ItemCache::end_log_tree`] once a commit moved to a new tree, and are
+//!   not visible to reads: the locked read path never sums deltas (§12).
 //!
 //! Touches `forest` (reads) and `format`; never the block cache or the
 //! network directly. Locks: one short std mutex, never held across `.await`.
@@ -32,7 +38,12 @@ use std::sync::{Mutex, MutexGuard};
 use crate::btree::{ListItem, ListOp};
 use crate::forest::{lock_range, Forest, ReadBatch};
 use crate::format::btree::{item_bytes, ITEM_FLAG_DELETION};
+use crate::format::items::TotlValue;
 use crate::format::Key;
+use zerocopy::IntoBytes;
+
+/// Bytes of a delta item's value ([`TotlValue`]).
+const DELTA_VAL_BYTES: usize = std::mem::size_of::<TotlValue>();
 
 /// Default item budget of a cache.
 pub const CACHE_MAX_ITEMS_DEFAULT: usize = 1 << 20;
@@ -45,6 +56,20 @@ struct CItem {
     persistent: bool,
     deletion: bool,
     /// `State::gen` when last changed.
+    gen: u64,
+}
+
+/// This mount's running sum of deltas for one key in the open log tree.
+#[derive(Debug, Clone, Copy)]
+struct DeltaItem {
+    total: u64,
+    /// Two's complement, like the on-disk count.
+    count: u64,
+    seq: u64,
+    dirty: bool,
+    /// A commit to the open log tree carried this key, so a zero sum must
+    /// still be written to replace that version.
+    written: bool,
     gen: u64,
 }
 
@@ -62,6 +87,7 @@ struct State {
     lru: BTreeMap<u64, Key>,
     tick: u64,
     items: BTreeMap<Key, CItem>,
+    deltas: BTreeMap<Key, DeltaItem>,
     dirty_nr: usize,
     dirty_bytes: usize,
     /// Lock start keys first dirtied, with the gen of the first change.
@@ -514,6 +540,54 @@ impl ItemCache {
         }
     }
 
+    /// Adds `(total, count)` (wrapping) to the key's delta of the open log
+    /// tree. A sum back at (0, 0) that no commit carried yet is dropped.
+    pub fn add_delta(&self, key: Key, total: u64, count: u64, seq: u64) {
+        let bytes = item_bytes(DELTA_VAL_BYTES);
+        let mut st = self.lock();
+        st.gen += 1;
+        let gen = st.gen;
+        let d = st.deltas.entry(key).or_insert(DeltaItem {
+            total: 0,
+            count: 0,
+            seq,
+            dirty: false,
+            written: false,
+            gen,
+        });
+        d.total = d.total.wrapping_add(total);
+        d.count = d.count.wrapping_add(count);
+        d.seq = seq;
+        d.gen = gen;
+        let was_dirty = std::mem::replace(&mut d.dirty, true);
+        let drop_it = d.total == 0 && d.count == 0 && !d.written;
+        if drop_it {
+            st.deltas.remove(&key);
+        }
+        match (was_dirty, drop_it) {
+            (false, false) => {
+                st.dirty_nr += 1;
+                st.dirty_bytes += bytes;
+            }
+            (true, true) => {
+                st.dirty_nr -= 1;
+                st.dirty_bytes -= bytes;
+            }
+            _ => {}
+        }
+        if !drop_it {
+            st.dirty_locks.insert(lock_range(&key).0, gen);
+        }
+    }
+
+    /// The mount moved to a new log tree: its deltas start from zero.
+    /// Called after a commit, when nothing is dirty.
+    pub fn end_log_tree(&self) {
+        let mut st = self.lock();
+        debug_assert!(st.deltas.values().all(|d| !d.dirty));
+        st.deltas.retain(|_, d| d.dirty);
+    }
+
     /// The dirty items, sorted, for a commit.
     pub fn dirty_items(&self) -> DirtySnapshot {
         let st = self.lock();
@@ -534,6 +608,21 @@ impl ItemCache {
                 }),
             });
         }
+        for (k, d) in st.deltas.iter().filter(|(_, d)| d.dirty) {
+            snap.max_seq = snap.max_seq.max(d.seq);
+            let val = TotlValue {
+                total: d.total.into(),
+                count: d.count.into(),
+            };
+            snap.items.push(ListItem {
+                key: *k,
+                seq: d.seq,
+                flags: 0,
+                op: ListOp::Put(val.as_bytes().to_vec()),
+            });
+        }
+        // Delta keys (zone 12) may sit between ordinary ones.
+        snap.items.sort_by_key(|a| a.key);
         snap.lock_starts = st.dirty_locks.keys().copied().collect();
         snap
     }
@@ -546,6 +635,15 @@ impl ItemCache {
         st.read_barrier += 1;
         let keys: BTreeSet<Key> = snap.items.iter().map(|li| li.key).collect();
         for k in keys {
+            if let Some(d) = st.deltas.get_mut(&k) {
+                if d.dirty && d.gen <= snap.gen {
+                    d.dirty = false;
+                    d.written = true;
+                    st.dirty_nr -= 1;
+                    st.dirty_bytes -= item_bytes(DELTA_VAL_BYTES);
+                }
+                continue;
+            }
             let Some(it) = st.items.get(&k) else {
                 continue;
             };

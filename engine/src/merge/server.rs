@@ -500,12 +500,15 @@ async fn splice(
     }
 
     for comp in &comps {
+        // A spliced subtree root may have stopped short of a split or join,
+        // or kept its last leaf emptied by deletions: the ordinary descent
+        // puts that path back within the tree's rules.
+        let start = Key::from_disk(&comp.start)?;
+        btree
+            .rebalance(&mut sup.fs_root, allocs.meta(), &start)
+            .await?;
         if comp.flags.get() & LOG_MERGE_COMP_FLAG_REMAIN != 0 {
-            let start = Key::from_disk(&comp.start)?;
             let remain = Key::from_disk(&comp.remain)?;
-            btree
-                .rebalance(&mut sup.fs_root, allocs.meta(), &start)
-                .await?;
             btree
                 .rebalance(&mut sup.fs_root, allocs.meta(), &remain)
                 .await?;

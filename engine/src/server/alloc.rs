@@ -11,9 +11,12 @@
 //!   roles survive a restart. Allocation swaps when avail runs dry and freed
 //!   holds blocks, so blocks sitting in the freed tree never cause an early
 //!   ENOSPC (trap 28, 7e935898).
-//! * Client fills never take the extent trees below [`SERVER_KEEP_BLOCKS`]:
-//!   the server's own lists can always be refilled, so a server commit never
-//!   wedges for want of blocks while clients hold them.
+//! * Client and merge fills never take the extent trees below
+//!   [`MetaBudget::server_keep`]: the server's own lists can always be
+//!   refilled, so a server commit never wedges for want of blocks while
+//!   clients hold them. Client fills also leave one merge request's worth,
+//!   so a full volume can merge (and so free) its way back.
+//! * Every figure scales with the metadata device ([`MetaBudget`]).
 //!
 //! Touches `alloc` (list and extent allocators), `btree` and `format`.
 
@@ -26,29 +29,81 @@ use crate::format::alloc::ALLOC_LIST_MAX_BLKNOS;
 use crate::format::superblock::{AllocListHead, AllocRoot, ALLOC_FLAG_LOW};
 use crate::format::SM_BLOCK_SHIFT;
 
-/// A client's meta_avail is topped up to this many blocks (one full list block).
-pub const CLIENT_META_FILL_TARGET: u64 = ALLOC_LIST_MAX_BLKNOS as u64;
-/// ... when it holds fewer than this many.
-pub const CLIENT_META_FILL_LO: u64 = 4092;
 /// A client's data_avail is topped up to 4 GiB of 4 KiB blocks ...
 pub const CLIENT_DATA_FILL_TARGET: u64 = (4u64 << 30) >> SM_BLOCK_SHIFT;
 /// ... when it holds less than 1 GiB (also the data LOW threshold, §12).
 pub const CLIENT_DATA_FILL_LO: u64 = (1u64 << 30) >> SM_BLOCK_SHIFT;
-/// Blocks a log-merge request is given (64 MiB / 64 KiB + 4).
+/// Blocks a log-merge request is given on a full-size volume
+/// (64 MiB / 64 KiB + 4).
 pub const MERGE_META_BLOCKS: u64 = 1028;
 /// The server's own avail lists are topped up to this many blocks at each
-/// commit: 64 MiB, the size of the first list mkfs writes.
+/// commit on a full-size volume: 64 MiB, the size of the first list mkfs
+/// writes.
 pub const SERVER_META_FILL_TARGET: u64 = (64 << 20) >> 16;
-/// Free extent blocks client fills leave behind: one whole refill of the
-/// server's idle list, so the next commit can always top it up whatever the
-/// mounts took.
-pub const SERVER_KEEP_BLOCKS: u64 = SERVER_META_FILL_TARGET;
 
-/// The metadata reserve of §1.7:
-/// `2×8185 + max(1, nclients)×(8185 + 8185 + 1028 + log_blocks)`.
-pub fn reserve_blocks(nr_clients: u64, log_blocks: u64) -> u64 {
-    let list = ALLOC_LIST_MAX_BLKNOS as u64;
-    2 * list + nr_clients.max(1) * (list + list + MERGE_META_BLOCKS + log_blocks)
+/// A metadata device holds at least this many list fills (see
+/// [`MetaBudget`]); on smaller devices every figure shrinks with it.
+const DEVICE_LISTS_MIN: u64 = 32;
+/// No list fill shrinks below this many blocks, however small the device.
+const LIST_FILL_MIN: u64 = 256;
+
+/// The metadata figures of one volume: how much a client refill, a merge
+/// request and the server's own lists take, and the reserve kept for them.
+///
+/// The reference's figures (§1.7: 8185-block client lists, 1028-block
+/// merge lists, a reserve of 33,768 blocks for one mount) assume a device
+/// of tens of GiB; on the 2 GiB device of `mkfs -A` the reserve alone is
+/// larger than the device, so every refill would be LOW and nothing could
+/// ever allocate. The list size therefore scales down to 1/32 of the
+/// device (never below [`LIST_FILL_MIN`]) and the other figures follow it
+/// by the same formula; from about 16 GiB of metadata up the figures are
+/// exactly the reference's. docs/decisions.md records why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetaBudget {
+    /// A client's meta_avail is topped up to this many blocks ...
+    pub client_fill_target: u64,
+    /// ... when it holds fewer than this.
+    pub client_fill_lo: u64,
+    /// Blocks a log-merge request's list gets.
+    pub merge_blocks: u64,
+    /// The server's idle avail list is topped up to this at each commit.
+    pub server_fill_target: u64,
+    /// Client and merge fills never take the extent trees below this: the
+    /// server's own lists can always be refilled, so a server commit never
+    /// wedges for want of blocks while clients hold them.
+    pub server_keep: u64,
+}
+
+impl MetaBudget {
+    /// The figures for a metadata device of `total_meta_blocks`.
+    pub fn for_device(total_meta_blocks: u64) -> MetaBudget {
+        let full = ALLOC_LIST_MAX_BLKNOS as u64;
+        let list = (total_meta_blocks / DEVICE_LISTS_MIN).clamp(LIST_FILL_MIN, full);
+        let server = SERVER_META_FILL_TARGET.min(list);
+        MetaBudget {
+            client_fill_target: list,
+            // 4092 of 8185 in the reference: refill at half.
+            client_fill_lo: list / 2,
+            merge_blocks: MERGE_META_BLOCKS.min(list + 4),
+            server_fill_target: server,
+            server_keep: server,
+        }
+    }
+
+    /// The reserve of §1.7 with this volume's figures:
+    /// `2×list + max(1, nclients)×(list + list + merge + log_blocks)`.
+    /// When the free metadata is at or under it the server sets LOW.
+    pub fn reserve(&self, nr_clients: u64, log_blocks: u64) -> u64 {
+        let list = self.client_fill_target;
+        2 * list + nr_clients.max(1) * (list + list + self.merge_blocks + log_blocks)
+    }
+
+    /// Blocks a client refill may take out of `free` extent blocks: all
+    /// but what keeps the server's lists and one merge request fillable,
+    /// so a volume full of a mount's data can still merge its way back.
+    pub fn client_spare(&self, free: u64) -> u64 {
+        free.saturating_sub(self.server_keep + self.merge_blocks)
+    }
 }
 
 /// Free blocks in both metadata extent trees.
@@ -175,7 +230,7 @@ pub fn set_list_low(head: &mut AllocListHead, low: bool) {
 ///   list allocator: nothing freed is reused before the commit is durable.
 /// * A merge request's list is filled from the metadata extent trees (a
 ///   copy of `super.meta_alloc` the caller writes back afterwards), never
-///   below [`SERVER_KEEP_BLOCKS`], so a merge can't wedge the server's own
+///   below [`MetaBudget::server_keep`], so a merge can't wedge the server's own
 ///   refills; short of that it is ENOSPC and the mount asks again later.
 /// * A reclaimed request or completion list goes, entry by entry and with
 ///   its own blocks, into the transaction's *freed* list: a completion's
@@ -186,6 +241,7 @@ pub struct MergeAllocs<'a> {
     pub btree: &'a Btree,
     pub alloc: &'a mut ListAlloc,
     pub meta_alloc: [AllocRoot; 2],
+    pub budget: MetaBudget,
 }
 
 impl crate::merge::server::ServerAllocs for MergeAllocs<'_> {
@@ -195,7 +251,10 @@ impl crate::merge::server::ServerAllocs for MergeAllocs<'_> {
 
     fn fill_list(&mut self, count: u64) -> crate::btree::BoxFuture<'_, Result<AllocListHead>> {
         Box::pin(async move {
-            let spare = meta_extent_total(&self.meta_alloc).saturating_sub(SERVER_KEEP_BLOCKS);
+            // Small volumes give merges smaller lists; the merge commits
+            // its pieces earlier then.
+            let count = count.min(self.budget.merge_blocks);
+            let spare = meta_extent_total(&self.meta_alloc).saturating_sub(self.budget.server_keep);
             if spare < count {
                 return Err(Error::NoSpace(format!(
                     "{spare} spare metadata blocks for a {count} block merge list"

@@ -13,11 +13,9 @@
 
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
-use super::alloc::MergeAllocs;
 use super::alloc::{
-    drain_list, empty_extents, fill_list, meta_extent_total, move_extents, reserve_blocks,
-    set_list_low, CLIENT_DATA_FILL_LO, CLIENT_DATA_FILL_TARGET, CLIENT_META_FILL_LO,
-    CLIENT_META_FILL_TARGET, SERVER_KEEP_BLOCKS,
+    drain_list, empty_extents, fill_list, meta_extent_total, move_extents, set_list_low,
+    CLIENT_DATA_FILL_LO, CLIENT_DATA_FILL_TARGET,
 };
 use super::{all_log_trees, decode_log_trees, Reply, Server, State};
 use crate::alloc::set_low_flag;
@@ -213,7 +211,8 @@ impl Server {
             None => (new_log_trees(rid, 1), false),
         };
         let nr_clients = self.nr_clients(&st.sb).await.map_err(errno)?;
-        let reserve = reserve_blocks(nr_clients, self.opts.reserve_log_blocks);
+        let budget = self.budget(&st.sb);
+        let reserve = budget.reserve(nr_clients, self.opts.reserve_log_blocks);
         {
             let State { sb, alloc, .. } = &mut *st;
             let bt = &self.btree;
@@ -226,9 +225,9 @@ impl Server {
                 .map_err(errno)?;
 
             let have = lt.meta_avail.total_nr.get();
-            if have < CLIENT_META_FILL_LO {
-                let spare = meta_extent_total(&sb.meta_alloc).saturating_sub(SERVER_KEEP_BLOCKS);
-                let want = (CLIENT_META_FILL_TARGET - have).min(spare);
+            if have < budget.client_fill_lo {
+                let spare = budget.client_spare(meta_extent_total(&sb.meta_alloc));
+                let want = (budget.client_fill_target - have).min(spare);
                 if want > 0 {
                     fill_list(bt, alloc, &mut sb.meta_alloc, &mut lt.meta_avail, want)
                         .await
@@ -363,11 +362,7 @@ impl Server {
             core_seq,
             ..
         } = st;
-        let mut allocs = MergeAllocs {
-            btree: &self.btree,
-            alloc,
-            meta_alloc: sb.meta_alloc,
-        };
+        let mut allocs = self.merge_allocs(alloc, sb);
         let mut next_seq = || {
             *core_seq += 1;
             *core_seq
@@ -404,11 +399,7 @@ impl Server {
             core_seq,
             ..
         } = st;
-        let mut allocs = MergeAllocs {
-            btree: &self.btree,
-            alloc,
-            meta_alloc: sb.meta_alloc,
-        };
+        let mut allocs = self.merge_allocs(alloc, sb);
         let mut next_seq = || {
             *core_seq += 1;
             *core_seq
@@ -431,11 +422,7 @@ impl Server {
             return Err(libc::EINVAL);
         }
         let State { sb, alloc, .. } = st;
-        let mut allocs = MergeAllocs {
-            btree: &self.btree,
-            alloc,
-            meta_alloc: sb.meta_alloc,
-        };
+        let mut allocs = self.merge_allocs(alloc, sb);
         let res = merge::server::commit_completion(&self.btree, &mut allocs, sb, rid, &comp).await;
         sb.meta_alloc = allocs.meta_alloc;
         match res.map_err(errno)? {
@@ -451,11 +438,7 @@ impl Server {
         rid: u64,
     ) -> std::result::Result<usize, i32> {
         let State { sb, alloc, .. } = st;
-        let mut allocs = MergeAllocs {
-            btree: &self.btree,
-            alloc,
-            meta_alloc: sb.meta_alloc,
-        };
+        let mut allocs = self.merge_allocs(alloc, sb);
         let res = merge::server::cancel_requests(&self.btree, &mut allocs, sb, rid).await;
         sb.meta_alloc = allocs.meta_alloc;
         res.map_err(errno)

@@ -66,6 +66,7 @@ mod handlers;
 
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use drivers::{AlignedBuf, BlockDevice};
 use zerocopy::{FromBytes, IntoBytes};
@@ -172,7 +173,7 @@ impl std::fmt::Debug for Server {
 }
 
 /// Reads and checks one device's super (magic, crc, blkno, version, size).
-async fn read_super(
+pub async fn read_super(
     dev: &Arc<dyn BlockDevice>,
     is_meta: bool,
 ) -> std::result::Result<SuperBlock, i32> {
@@ -394,6 +395,19 @@ impl Server {
         Ok(!batch.items.is_empty())
     }
 
+    /// Calls [`Server::background`] every `interval` until the server
+    /// stops: merged trees keep being freed while every mount is idle (a
+    /// full volume gets its space back without anyone writing).
+    pub async fn background_loop(self: Arc<Self>, interval: Duration) {
+        loop {
+            self.rt.sleep(interval).await;
+            while let Ok(true) = self.background().await {}
+            if self.stopped() != 0 {
+                return;
+            }
+        }
+    }
+
     /// Commits; a failure stops the server, since whether the super landed
     /// is unknown.
     async fn commit_or_stop(&self, st: &mut State) -> std::result::Result<(), i32> {
@@ -422,6 +436,22 @@ impl Server {
         st.dirty = false;
     }
 
+    /// The metadata figures of this volume (they follow its device size).
+    fn budget(&self, sb: &SuperBlock) -> alloc::MetaBudget {
+        alloc::MetaBudget::for_device(sb.total_meta_blocks.get())
+    }
+
+    /// The server's allocators as a log-merge step uses them; the caller
+    /// writes `meta_alloc` back into the super afterwards.
+    fn merge_allocs<'a>(&'a self, a: &'a mut ListAlloc, sb: &SuperBlock) -> alloc::MergeAllocs<'a> {
+        alloc::MergeAllocs {
+            btree: &self.btree,
+            alloc: a,
+            meta_alloc: sb.meta_alloc,
+            budget: self.budget(sb),
+        }
+    }
+
     /// Number of mounted clients in the dirty super.
     async fn nr_clients(&self, sb: &SuperBlock) -> Result<u64> {
         Ok(
@@ -437,16 +467,13 @@ impl Server {
         let cur = st.cur;
         let other = 1 - cur;
         let nr_clients = self.nr_clients(&st.sb).await?;
-        let reserve = alloc::reserve_blocks(nr_clients, self.opts.reserve_log_blocks);
+        let budget = self.budget(&st.sb);
+        let reserve = budget.reserve(nr_clients, self.opts.reserve_log_blocks);
         {
             let State { sb, alloc: a, .. } = &mut *st;
             // Background freeing of merged trees (§2.4, §5.4): a bounded
             // piece per commit, into this commit's freed list.
-            let mut allocs = alloc::MergeAllocs {
-                btree: &self.btree,
-                alloc: a,
-                meta_alloc: sb.meta_alloc,
-            };
+            let mut allocs = self.merge_allocs(a, sb);
             merge::server::free_merged_trees(
                 &self.btree,
                 &mut allocs,
@@ -465,13 +492,13 @@ impl Server {
             .await?;
             alloc::maybe_swap_meta_alloc(&mut sb.meta_alloc, reserve);
             let have = sb.server_meta_avail[other].total_nr.get();
-            if have < alloc::SERVER_META_FILL_TARGET {
+            if have < budget.server_fill_target {
                 alloc::fill_list(
                     &self.btree,
                     a,
                     &mut sb.meta_alloc,
                     &mut sb.server_meta_avail[other],
-                    alloc::SERVER_META_FILL_TARGET - have,
+                    budget.server_fill_target - have,
                 )
                 .await?;
             }

@@ -33,7 +33,11 @@
 //!   something is dirty, and before a hold when `meta_avail` is below twice
 //!   the estimated dirty blocks or below [`META_AVAIL_MIN_BLOCKS`]. A hold
 //!   with `allocating` set fails with ENOSPC when `meta_avail` carries the
-//!   LOW flag.
+//!   LOW flag. LOW is the server's word at the last GET_LOG_TREES; space
+//!   comes back only through merges and freeing on the server's side, so a
+//!   LOW hold first asks again with a commit (even an empty one) when the
+//!   flag is older than [`LOW_RECHECK_INTERVAL`]: an idle mount learns
+//!   that space is back without waiting for a change of its own.
 //! * Item seq = the open transaction's seq (§2.1 without cluster locks);
 //!   every item call passes [`Mount::check_lock`], the single place where
 //!   cluster-lock coverage will be enforced.
@@ -61,6 +65,7 @@ use crate::forest::{lock_range, Forest};
 use crate::format::block::check_fixed_block;
 use crate::format::bloom::{bloom_bits, BloomBlock};
 use crate::format::btree::LEAF_EMPTY_FREE;
+use crate::format::items::TotlValue;
 use crate::format::log_trees::LogTrees;
 use crate::format::net::{Cmd, NetInodeAlloc};
 use crate::format::superblock::{SuperBlock, ALLOC_FLAG_LOW};
@@ -71,7 +76,9 @@ use crate::format::{
 use crate::item::cache::{DirtySnapshot, ItemCache, CACHE_MAX_ITEMS_DEFAULT};
 use crate::item::{HoldGuard, ItemFuture, Items, Transactions};
 use crate::link::ServerLink;
+use crate::merge::client::is_delta_key;
 use crate::runtime::{JoinHandle, Runtime};
+use crate::server::alloc::CLIENT_DATA_FILL_LO;
 
 mod merge_worker;
 pub use merge_worker::{MergeStats, MERGE_INTERVAL_DEFAULT};
@@ -86,6 +93,10 @@ pub const COMMIT_INTERVAL_DEFAULT: Duration = Duration::from_secs(10);
 pub const COMMIT_RETRY_DEFAULT: Duration = Duration::from_secs(2);
 /// Default clean-block capacity of the mount's block cache.
 pub const BLOCK_CACHE_BLOCKS_DEFAULT: usize = 4096;
+
+/// A LOW flag older than this is checked with the server again (by a
+/// commit) before an allocating hold gets ENOSPC.
+pub const LOW_RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Tunables of a mount.
 #[derive(Debug, Clone)]
@@ -123,6 +134,16 @@ pub struct TransStats {
     pub pressure_commits: u64,
     pub timer_commits: u64,
     pub retries: u64,
+    /// Commits made only to ask whether LOW still holds.
+    pub low_rechecks: u64,
+}
+
+/// Whether a commit with nothing changed still goes to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CommitKind {
+    IfChanged,
+    /// Close and reopen the transaction regardless, for fresh allocators.
+    Always,
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +154,11 @@ struct TransState {
     seq: u64,
     meta_avail_nr: u64,
     meta_low: bool,
+    /// Blocks in `data_avail` and its LOW flag (the server had no more).
+    data_avail_nr: u64,
+    data_low: bool,
+    /// Runtime time of the GET_LOG_TREES that last published the flags.
+    flags_at: Duration,
     item_root_height: u8,
     /// A commit failed where it can't be retried.
     broken: Option<i32>,
@@ -400,6 +426,9 @@ impl Inner {
         st.seq = lt.get_trans_seq.get();
         st.meta_avail_nr = lt.meta_avail.total_nr.get();
         st.meta_low = lt.meta_avail.flags.get() & ALLOC_FLAG_LOW != 0;
+        st.data_avail_nr = lt.data_avail.total_len.get();
+        st.data_low = lt.data_avail.flags.get() & ALLOC_FLAG_LOW != 0;
+        st.flags_at = self.rt.now();
         st.item_root_height = lt.item_root.height;
     }
 
@@ -426,19 +455,33 @@ impl Inner {
         loop {
             self.waiters.wait_until(|| !self.lock().committing).await;
             let est = self.dirty_block_estimate();
-            let (avail, low, broken) = {
+            let (meta_short, data_short, any_low, stale, meta_low) = {
                 let st = self.lock();
-                (st.meta_avail_nr, st.meta_low, st.broken)
+                if let Some(e) = st.broken {
+                    return Err(e);
+                }
+                // The server tops data_avail up at GET_LOG_TREES; without
+                // LOW it still has more to give, so commit rather than run
+                // dry.
+                (
+                    st.meta_avail_nr < 2 * est || st.meta_avail_nr < META_AVAIL_MIN_BLOCKS,
+                    st.data_avail_nr < CLIENT_DATA_FILL_LO && !st.data_low,
+                    st.meta_low || st.data_low,
+                    self.rt.now().saturating_sub(st.flags_at) >= LOW_RECHECK_INTERVAL,
+                    st.meta_low,
+                )
             };
-            if let Some(e) = broken {
-                return Err(e);
-            }
-            if (avail < 2 * est || avail < META_AVAIL_MIN_BLOCKS) && self.has_changes() {
+            if (meta_short || data_short) && self.has_changes() {
                 self.lock().stats.pressure_commits += 1;
                 self.commit().await?;
                 continue;
             }
-            if allocating && low {
+            if allocating && any_low && stale {
+                self.lock().stats.low_rechecks += 1;
+                self.commit_as(CommitKind::Always).await?;
+                continue;
+            }
+            if allocating && meta_low {
                 return Err(libc::ENOSPC);
             }
             let mut st = self.lock();
@@ -454,13 +497,17 @@ impl Inner {
     }
 
     async fn commit(&self) -> Result<(), i32> {
+        self.commit_as(CommitKind::IfChanged).await
+    }
+
+    async fn commit_as(&self, kind: CommitKind) -> Result<(), i32> {
         let _serial = self.commit_lock.lock().await;
         if let Some(e) = self.lock().broken {
             return Err(e);
         }
         self.lock().committing = true;
         self.waiters.wait_until(|| self.lock().holders == 0).await;
-        let res = self.commit_locked().await;
+        let res = self.commit_locked(kind).await;
         let mut st = self.lock();
         st.committing = false;
         if res.is_ok() {
@@ -492,11 +539,12 @@ impl Inner {
         }
     }
 
-    async fn commit_locked(&self) -> Result<(), i32> {
+    async fn commit_locked(&self, kind: CommitKind) -> Result<(), i32> {
         let mut ts = self.tree.lock().await;
         let snap = self.items.dirty_items();
         let delta = self.inode_delta.load(Ordering::Relaxed);
-        if snap.items.is_empty()
+        if kind == CommitKind::IfChanged
+            && snap.items.is_empty()
             && self.btree.cache().dirty_count() == 0
             && delta == 0
             && !ts.data_changed
@@ -539,6 +587,7 @@ impl Inner {
         let next = self.retry(|| get_log_trees(&self.link)).await?;
         if next.nr != lt.nr {
             ts.bloom_set.clear();
+            self.items.end_log_tree();
         }
         ts.alloc = ListAlloc::new(self.btree.cache().clone(), next.meta_avail, next.meta_freed);
         ts.lt = next;
@@ -635,8 +684,10 @@ impl Inner {
         } = &mut *ts;
         *data_changed = true;
         let res = alloc_extent(&self.btree, alloc, &mut lt.data_avail, max_blocks).await;
-        let nr = alloc.avail.total_nr.get();
-        self.lock().meta_avail_nr = nr;
+        let mut st = self.lock();
+        st.meta_avail_nr = alloc.avail.total_nr.get();
+        st.data_avail_nr = lt.data_avail.total_len.get();
+        drop(st);
         res.map_err(errno)
     }
 
@@ -743,6 +794,13 @@ impl Items for Mount {
         Box::pin(async move {
             self.check_lock(&key, true)?;
             let seq = self.inner.trans_seq();
+            if is_delta_key(&key) {
+                let d = TotlValue::read_from_bytes(&val).map_err(|_| libc::EINVAL)?;
+                self.inner
+                    .items
+                    .add_delta(key, d.total.get(), d.count.get(), seq);
+                return Ok(());
+            }
             self.inner
                 .items
                 .create_force(&self.inner.forest, key, val, seq)
