@@ -18,6 +18,7 @@
 //! * [`server`]: the server: supers, commits, allocators, request handlers.
 //! * [`merge`]: log tree finalization, merge and splice.
 //! * [`lock`]: cluster range locks, client and server (sans-IO).
+//! * [`node`]: the network glue: mounts and the server over TCP.
 pub mod alloc;
 pub mod block;
 pub mod btree;
@@ -31,6 +32,7 @@ pub mod lock;
 pub mod merge;
 pub mod mkfs;
 pub mod net;
+pub mod node;
 pub mod quorum;
 pub mod runtime;
 pub mod server;

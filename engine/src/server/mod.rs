@@ -452,6 +452,25 @@ impl Server {
         }
     }
 
+    /// The rids of the mounts recorded in the last super written: after a
+    /// start, the mounts that must reconnect or be fenced and reclaimed.
+    pub async fn mounted_rids(&self) -> std::result::Result<Vec<u64>, i32> {
+        let sb = self.stable_super();
+        let items = zone_items(&self.btree, &sb.mounted_clients, zone::MOUNTED_CLIENT)
+            .await
+            .map_err(|e| e.errno())?;
+        Ok(items.iter().map(|it| it.key.first).collect())
+    }
+
+    /// Reclaims a mount that is gone (fenced, or known dead): its open log
+    /// tree is closed and finalized, its allocators returned, its merge
+    /// requests cancelled and its mounted_client item deleted last
+    /// (`reclaim_rid`, §5.4; the farewell handler does the same work).
+    /// Idempotent.
+    pub async fn reclaim_rid(&self, rid: u64) -> std::result::Result<(), i32> {
+        self.handle(rid, Cmd::Farewell, &[]).await.map(|_| ())
+    }
+
     /// Number of mounted clients in the dirty super.
     async fn nr_clients(&self, sb: &SuperBlock) -> Result<u64> {
         Ok(

@@ -1,0 +1,408 @@
+//! One node of a volume: the quorum agent (when it has a slot), the server
+//! it starts when elected, and the network link its mount uses to reach
+//! whichever node serves (reference §5.4 startup, §6; ARCHITECTURE §2.10).
+//!
+//! Startup of a server, as the agent asks for it: fence every earlier
+//! leader (the local flock fence), open the server from the super, listen
+//! on our slot's address, then report up. A node without a slot is a
+//! client only. Clients find the server from the quorum blocks, asked
+//! again before every connection attempt, so failover needs nothing more.
+//!
+//! Touches `node::{quorum, client, serve, fence}`, `server`, `quorum`.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use drivers::BlockDevice;
+
+use super::client::{Locate, NetClient};
+use super::fence::{fence_local, is_dead_here, RidLock};
+use super::quorum::{read_quorum_blocks, QuorumDriver, QuorumHost, Report, ReportSender};
+use super::serve::NetServer;
+use super::transport::Transport;
+use crate::format::net::{NetGreeting, GREETING_FLAG_QUORUM};
+use crate::format::superblock::SuperBlock;
+use crate::quorum::{find_server, AgentConfig, AgentError, FenceRequest, LogLevel};
+use crate::runtime::Runtime;
+use crate::server::{read_super, Server, ServerOptions};
+
+/// How long mounts recorded in the super have to reconnect to a new
+/// server before they are fenced.
+pub const CLIENT_RECOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Where a node's log lines go.
+pub type NodeLog = Arc<dyn Fn(LogLevel, &str) + Send + Sync>;
+
+/// How a node is set up.
+pub struct NodeConfig {
+    pub meta: Arc<dyn BlockDevice>,
+    pub data: Arc<dyn BlockDevice>,
+    pub rt: Runtime,
+    pub transport: Arc<dyn Transport>,
+    /// This mount's rid (random, never 0).
+    pub rid: u64,
+    /// `quorum_slot_nr`, or `None` for a client-only mount.
+    pub slot: Option<u8>,
+    /// Where rid locks are held and fenced (`/run/scoutfs/rid`).
+    pub rid_lock_dir: PathBuf,
+    /// Options of the server this node starts when elected (its term is
+    /// set from the election).
+    pub server: ServerOptions,
+    /// Shortens the election's timeouts (tests); `None`: the reference's.
+    pub heartbeat_timeout: Option<std::time::Duration>,
+    /// Where the agent's log lines and failures go.
+    pub log: NodeLog,
+}
+
+/// What the node's server is doing, for the status tree and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub quorum_term: u64,
+    pub leader: bool,
+    /// The term of the server running in this node, if any.
+    pub serving_term: Option<u64>,
+    pub agent_failed: bool,
+}
+
+struct Running {
+    term: u64,
+    _server: Arc<Server>,
+    net: NetServer,
+}
+
+struct Host {
+    me: std::sync::Weak<Host>,
+    rt: Runtime,
+    meta: Arc<dyn BlockDevice>,
+    data: Arc<dyn BlockDevice>,
+    transport: Arc<dyn Transport>,
+    rid: u64,
+    listen: SocketAddr,
+    rid_lock_dir: PathBuf,
+    server_opts: ServerOptions,
+    reports: ReportSender,
+    running: Mutex<Option<Running>>,
+    log: NodeLog,
+}
+
+/// A started node.
+pub struct Node {
+    sb: SuperBlock,
+    rid: u64,
+    client: Arc<NetClient>,
+    host: Option<Arc<Host>>,
+    driver: Option<QuorumDriver>,
+    _rid_lock: RidLock,
+}
+
+impl Host {
+    fn lock(&self) -> MutexGuard<'_, Option<Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn start(self: Arc<Self>, term: u64, fence: Vec<FenceRequest>) {
+        for req in &fence {
+            (self.log)(
+                LogLevel::Info,
+                &format!(
+                    "fencing rid {:016x} (leader of term {} in slot {})",
+                    req.rid, req.term, req.slot
+                ),
+            );
+            if let Err(e) = fence_local(&self.rt, self.rid_lock_dir.clone(), req.rid).await {
+                (self.log)(
+                    LogLevel::Error,
+                    &format!("fencing rid {:016x} failed: errno {e}", req.rid),
+                );
+                self.reports.send(Report::FencingDone {
+                    term,
+                    result: Err(e),
+                });
+                return;
+            }
+        }
+        self.reports.send(Report::FencingDone {
+            term,
+            result: Ok(()),
+        });
+        let opts = ServerOptions {
+            term,
+            ..self.server_opts.clone()
+        };
+        let started = async {
+            let server =
+                Server::open(self.meta.clone(), self.data.clone(), self.rt.clone(), opts).await?;
+            let log = self.log.clone();
+            let net = NetServer::start(
+                self.rt.clone(),
+                server.clone(),
+                self.transport.clone(),
+                self.listen,
+                term,
+                Box::new(move |rid, why| {
+                    log(
+                        LogLevel::Warn,
+                        &format!("client rid {rid:016x} must be fenced: {why}"),
+                    )
+                }),
+            )
+            .await
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EADDRINUSE))?;
+            Ok::<_, i32>((server, net))
+        };
+        match started.await {
+            Ok((server, net)) => {
+                let recovering = server.clone();
+                *self.lock() = Some(Running {
+                    term,
+                    _server: server,
+                    net,
+                });
+                (self.log)(
+                    LogLevel::Info,
+                    &format!("server of term {term} listening on {}", self.listen),
+                );
+                self.reports.send(Report::ServerUp { term });
+                let gone: Vec<u64> = fence.iter().map(|r| r.rid).collect();
+                self.rt
+                    .spawn(self.clone().recover(term, recovering, gone))
+                    .detach();
+            }
+            Err(e) => {
+                (self.log)(
+                    LogLevel::Error,
+                    &format!("server of term {term} failed to start: errno {e}"),
+                );
+                self.reports
+                    .send(Report::ServerStopped { term, err: Some(e) });
+            }
+        }
+    }
+}
+
+impl Host {
+    /// Server startup's client recovery (§5.4): every mount recorded in the
+    /// super must reconnect within [`CLIENT_RECOVERY_TIMEOUT`]; mounts
+    /// known to be gone (earlier leaders just fenced, rids that died on
+    /// this host) are reclaimed at once, the others that stay away are
+    /// fenced and then reclaimed.
+    async fn recover(self: Arc<Self>, term: u64, server: Arc<Server>, gone: Vec<u64>) {
+        let rids = match server.mounted_rids().await {
+            Ok(r) => r,
+            Err(e) => {
+                (self.log)(
+                    LogLevel::Error,
+                    &format!("reading mounted clients: errno {e}"),
+                );
+                return;
+            }
+        };
+        let mut waiting = Vec::new();
+        for rid in rids.into_iter().filter(|&r| r != self.rid) {
+            if gone.contains(&rid) || is_dead_here(&self.rid_lock_dir, rid) {
+                self.reclaim(&server, rid).await;
+            } else {
+                waiting.push(rid);
+            }
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        self.rt.sleep(CLIENT_RECOVERY_TIMEOUT).await;
+        for rid in waiting {
+            let back = match self.lock().as_ref() {
+                Some(r) if r.term == term => r.net.rids().contains(&rid),
+                // This server is gone: its successor recovers.
+                _ => return,
+            };
+            if back {
+                continue;
+            }
+            (self.log)(
+                LogLevel::Warn,
+                &format!("rid {rid:016x} did not reconnect: fencing"),
+            );
+            match fence_local(&self.rt, self.rid_lock_dir.clone(), rid).await {
+                Ok(()) => self.reclaim(&server, rid).await,
+                Err(e) => (self.log)(
+                    LogLevel::Error,
+                    &format!("fencing rid {rid:016x} failed: errno {e}"),
+                ),
+            }
+        }
+    }
+
+    async fn reclaim(&self, server: &Server, rid: u64) {
+        match server.reclaim_rid(rid).await {
+            Ok(()) => (self.log)(LogLevel::Info, &format!("reclaimed rid {rid:016x}")),
+            Err(e) => (self.log)(
+                LogLevel::Error,
+                &format!("reclaiming rid {rid:016x} failed: errno {e}"),
+            ),
+        }
+    }
+}
+
+impl QuorumHost for Host {
+    fn start_server(&self, term: u64, fence: Vec<FenceRequest>) {
+        if let Some(me) = self.me.upgrade() {
+            self.rt.spawn(me.start(term, fence)).detach();
+        }
+    }
+
+    fn stop_server(&self, term: u64) {
+        let stopped = self.lock().take_if(|r| r.term == term);
+        drop(stopped);
+        self.reports.send(Report::ServerStopped { term, err: None });
+    }
+
+    fn failed(&self, error: AgentError) {
+        (self.log)(LogLevel::Error, &format!("quorum agent failed: {error}"));
+    }
+
+    fn log(&self, level: LogLevel, msg: &str) {
+        (self.log)(level, msg);
+    }
+}
+
+fn slot_socket(sb: &SuperBlock, slot: usize) -> Option<SocketAddr> {
+    let a = &sb.qconf.slots.get(slot)?.addr;
+    a.is_v4()
+        .then(|| SocketAddr::V4(SocketAddrV4::new(a.ipv4(), a.port.get())))
+}
+
+impl Node {
+    /// Reads the super, takes this rid's lock, starts the quorum agent
+    /// (with a slot) and the link to the server. The mount opened over
+    /// [`Node::link`] waits until some node serves.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, String> {
+        let sb = read_super(&cfg.meta, true)
+            .await
+            .map_err(|e| format!("reading the metadata super: errno {e}"))?;
+        let fsid = sb.hdr.fsid.get();
+        let rid_lock = RidLock::take(&cfg.rid_lock_dir, cfg.rid)
+            .map_err(|e| format!("rid lock in {}: {e}", cfg.rid_lock_dir.display()))?;
+
+        let (host, driver) = match cfg.slot {
+            None => (None, None),
+            Some(slot) => {
+                let listen = slot_socket(&sb, slot as usize)
+                    .ok_or_else(|| format!("quorum slot {slot} is not configured"))?;
+                let (reports, rx) = super::quorum::report_channel();
+                let host = Arc::new_cyclic(|me| Host {
+                    me: me.clone(),
+                    rt: cfg.rt.clone(),
+                    meta: cfg.meta.clone(),
+                    data: cfg.data.clone(),
+                    transport: cfg.transport.clone(),
+                    rid: cfg.rid,
+                    listen,
+                    rid_lock_dir: cfg.rid_lock_dir.clone(),
+                    server_opts: cfg.server.clone(),
+                    reports,
+                    running: Mutex::new(None),
+                    log: cfg.log.clone(),
+                });
+                let mut acfg = AgentConfig::new(fsid, cfg.rid, slot, sb.qconf, cfg.rt.random_u64());
+                if let Some(hb) = cfg.heartbeat_timeout {
+                    acfg.heartbeat_timeout = hb;
+                }
+                let driver = QuorumDriver::start(
+                    cfg.rt.clone(),
+                    cfg.meta.clone(),
+                    acfg,
+                    host.clone(),
+                    (host.reports.clone(), rx),
+                )
+                .map_err(|e| format!("quorum slot {slot}: {e}"))?;
+                (Some(host), Some(driver))
+            }
+        };
+
+        let greeting = NetGreeting {
+            fsid: fsid.into(),
+            fmt_vers: sb.fmt_vers,
+            server_term: 0.into(),
+            rid: cfg.rid.into(),
+            flags: if cfg.slot.is_some() {
+                GREETING_FLAG_QUORUM
+            } else {
+                0
+            }
+            .into(),
+        };
+        let (meta, qconf) = (cfg.meta.clone(), sb.qconf);
+        let locate: Locate = Box::new(move || {
+            let meta = meta.clone();
+            Box::pin(async move {
+                let blocks = read_quorum_blocks(&meta, fsid, &qconf).await.ok()?;
+                let at = find_server(&blocks, &qconf)?;
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    at.addr.ipv4(),
+                    at.addr.port.get(),
+                )))
+            })
+        });
+        let client = Arc::new(NetClient::start(
+            cfg.rt.clone(),
+            cfg.transport.clone(),
+            greeting,
+            locate,
+        ));
+        Ok(Node {
+            sb,
+            rid: cfg.rid,
+            client,
+            host,
+            driver,
+            _rid_lock: rid_lock,
+        })
+    }
+
+    /// The mount's link to the server.
+    pub fn link(&self) -> Arc<NetClient> {
+        self.client.clone()
+    }
+
+    pub fn rid(&self) -> u64 {
+        self.rid
+    }
+
+    /// The metadata super as read at start.
+    pub fn super_block(&self) -> &SuperBlock {
+        &self.sb
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let q = self.driver.as_ref().map(|d| d.status()).unwrap_or_default();
+        NodeStatus {
+            quorum_term: q.term,
+            leader: q.leader,
+            serving_term: self
+                .host
+                .as_ref()
+                .and_then(|h| h.lock().as_ref().map(|r| r.term)),
+            agent_failed: q.failed,
+        }
+    }
+
+    /// The server running here, if any (tests and the status tree).
+    pub fn serving(&self) -> Option<(u64, SocketAddr)> {
+        let h = self.host.as_ref()?;
+        let r = h.lock();
+        r.as_ref().map(|r| (r.term, r.net.local_addr()))
+    }
+
+    /// Leaves cleanly: the caller has committed and said farewell through
+    /// [`Node::link`]. Stops the link, then the agent (which stops our
+    /// server and writes STOP and END). Blocking: waits for the agent
+    /// thread, so call it off the engine thread or after the engine's
+    /// work is done.
+    pub fn shutdown(mut self) {
+        self.client.stop();
+        if let Some(d) = self.driver.take() {
+            d.shutdown();
+        }
+    }
+}

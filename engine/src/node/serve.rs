@@ -1,0 +1,305 @@
+//! The server's side of the network: a [`Server`] answering mounts over a
+//! [`Transport`] through [`ServerNet`] (reference §5.1–§5.2).
+//!
+//! Guarantees:
+//! * Every accepted socket must greet first; the greeting is checked
+//!   (fsid, format version) and run through the server's GREETING handler,
+//!   which records a first-contact mount in `mounted_clients` (committed
+//!   before the reply) and refuses a reconnect from a mount it no longer
+//!   knows; only then is the socket attached to the rid's connection state.
+//! * Each request runs its handler as its own task and is answered on
+//!   whichever socket carries the rid's connection when it completes; a
+//!   response the client never acknowledged is resent after a reconnect.
+//! * A disconnected client's state is kept [`crate::net::RECONNECT_TIMEOUT`];
+//!   then it is reported to the fence hook (its locks and log tree are
+//!   reclaimed once fenced, §5.4).
+//!
+//! Touches `net` (the state machines), `server`, `runtime` and
+//! [`super::transport`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use zerocopy::IntoBytes;
+
+use super::client::write_loop;
+use super::transport::{Listener, StreamReader, Transport};
+use crate::format::net::Cmd;
+use crate::net::{check_greeting, Action, GreetingKind, ServerNet, SockId};
+use crate::runtime::{JoinHandle, Runtime};
+use crate::server::Server;
+
+/// How often disconnected clients' deadlines are checked.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Called with a rid whose connection state expired without a farewell.
+pub type FenceHook = Box<dyn Fn(u64, &'static str) + Send + Sync>;
+
+/// Counters for tests and the status tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServeStats {
+    pub accepted: u64,
+    pub greetings: u64,
+    pub refused: u64,
+    pub requests: u64,
+    pub fenced: u64,
+}
+
+struct State {
+    net: ServerNet,
+    writers: BTreeMap<SockId, mpsc::UnboundedSender<Vec<u8>>>,
+    next_sock: u64,
+    stats: ServeStats,
+}
+
+struct Shared {
+    rt: Runtime,
+    server: Arc<Server>,
+    st: Mutex<State>,
+    fence: FenceHook,
+}
+
+/// A server listening for mounts.
+pub struct NetServer {
+    shared: Arc<Shared>,
+    local: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl NetServer {
+    /// Listens on `addr` and serves `server` (whose term names this
+    /// server instance in greetings).
+    pub async fn start(
+        rt: Runtime,
+        server: Arc<Server>,
+        transport: Arc<dyn Transport>,
+        addr: SocketAddr,
+        term: u64,
+        fence: FenceHook,
+    ) -> std::io::Result<NetServer> {
+        let listener = transport.listen(addr).await?;
+        let local = listener.local_addr();
+        let shared = Arc::new(Shared {
+            rt: rt.clone(),
+            server,
+            st: Mutex::new(State {
+                net: ServerNet::new(term),
+                writers: BTreeMap::new(),
+                next_sock: 1,
+                stats: ServeStats::default(),
+            }),
+            fence,
+        });
+        let tasks = vec![
+            rt.spawn(accept_loop(Arc::downgrade(&shared), listener)),
+            rt.spawn(tick_loop(Arc::downgrade(&shared))),
+        ];
+        Ok(NetServer {
+            shared,
+            local,
+            tasks,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub fn stats(&self) -> ServeStats {
+        self.shared.lock().stats
+    }
+
+    /// Rids with connection state (connected or waiting to reconnect).
+    pub fn rids(&self) -> Vec<u64> {
+        self.shared.lock().net.rids().collect()
+    }
+
+    /// Drops every client socket as if the network failed (tests).
+    pub fn drop_sockets(&self) {
+        let mut st = self.shared.lock();
+        let now = self.shared.rt.now();
+        let rids: Vec<u64> = st.net.rids().collect();
+        let mut out = Vec::new();
+        for rid in rids {
+            st.net.disconnect(rid, now, &mut out);
+        }
+        self.shared.apply(&mut st, out);
+    }
+}
+
+impl Drop for NetServer {
+    fn drop(&mut self) {
+        self.tasks.clear();
+        let mut st = self.shared.lock();
+        for (_, tx) in std::mem::take(&mut st.writers) {
+            tx.close_channel();
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn apply(self: &Arc<Self>, st: &mut State, out: Vec<Action>) {
+        for a in out {
+            match a {
+                Action::Send { sock, bytes } => {
+                    if let Some(tx) = st.writers.get(&sock) {
+                        let _ = tx.unbounded_send(bytes);
+                    }
+                }
+                Action::Close { sock, .. } => {
+                    // Ends the writer task, which shuts the socket down.
+                    st.writers.remove(&sock);
+                }
+                Action::Greeting { sock, greeting } => {
+                    let me = self.clone();
+                    self.rt
+                        .spawn(async move { me.decide_greeting(sock, greeting).await })
+                        .detach();
+                }
+                Action::Request {
+                    rid,
+                    req,
+                    cmd,
+                    data,
+                } => {
+                    st.stats.requests += 1;
+                    let me = self.clone();
+                    self.rt
+                        .spawn(async move {
+                            let res = me.server.handle(rid, cmd, &data).await;
+                            let (errno, payload) = match res {
+                                Ok(p) => (0, p),
+                                Err(e) => (e, Vec::new()),
+                            };
+                            let mut out = Vec::new();
+                            let mut st = me.lock();
+                            st.net.respond(rid, req, errno, payload, &mut out);
+                            me.apply(&mut st, out);
+                        })
+                        .detach();
+                }
+                Action::Fence { rid, reason } => {
+                    st.stats.fenced += 1;
+                    (self.fence)(rid, reason);
+                }
+                // Responses to server→client requests come with the lock
+                // service; timers are polled by the tick task.
+                Action::Response { .. }
+                | Action::Timer { .. }
+                | Action::Forget { .. }
+                | Action::Greeted { .. }
+                | Action::GreetingFailed { .. } => {}
+            }
+        }
+    }
+
+    async fn decide_greeting(self: Arc<Self>, sock: SockId, g: crate::format::net::NetGreeting) {
+        let rid = g.rid.get();
+        let kind = self.lock().net.classify_greeting(&g);
+        let verdict = match check_greeting(&g, self.server.fsid(), self.server.fmt_vers()) {
+            Err(e) => Err(e.errno()),
+            Ok(()) if kind == GreetingKind::Gone => Err(libc::ESTALE),
+            // The handler records a new mount, or refuses one it reclaimed.
+            Ok(()) => self
+                .server
+                .handle(rid, Cmd::Greeting, g.as_bytes())
+                .await
+                .map(|_| ()),
+        };
+        let mut out = Vec::new();
+        let mut st = self.lock();
+        match verdict {
+            Ok(()) => {
+                st.stats.greetings += 1;
+                st.net.accept_greeting(sock, &mut out);
+            }
+            Err(e) => {
+                st.stats.refused += 1;
+                st.net.refuse_greeting(sock, e, &mut out);
+            }
+        }
+        self.apply(&mut st, out);
+    }
+}
+
+async fn accept_loop(weak: Weak<Shared>, listener: Box<dyn Listener>) {
+    loop {
+        let res = listener.accept().await;
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let stream = match res {
+            Ok(s) => s,
+            Err(_) => {
+                // Out of descriptors or the like: don't spin.
+                let rt = shared.rt.clone();
+                drop(shared);
+                rt.sleep(TICK_INTERVAL).await;
+                continue;
+            }
+        };
+        let mut st = shared.lock();
+        let sock = SockId(st.next_sock);
+        st.next_sock += 1;
+        st.stats.accepted += 1;
+        let (tx, rx) = mpsc::unbounded();
+        st.writers.insert(sock, tx);
+        st.net.accepted(sock);
+        shared.rt.spawn(write_loop(stream.writer, rx)).detach();
+        shared
+            .rt
+            .spawn(read_loop(weak.clone(), sock, stream.reader))
+            .detach();
+    }
+}
+
+async fn read_loop(weak: Weak<Shared>, sock: SockId, mut reader: Box<dyn StreamReader>) {
+    loop {
+        let chunk = reader.read().await;
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let now = shared.rt.now();
+        let mut out = Vec::new();
+        let mut st = shared.lock();
+        match chunk {
+            Ok(bytes) if !bytes.is_empty() && st.writers.contains_key(&sock) => {
+                st.net.recv(sock, &bytes, now, &mut out);
+                shared.apply(&mut st, out);
+            }
+            _ => {
+                st.writers.remove(&sock);
+                st.net.closed(sock, now, &mut out);
+                shared.apply(&mut st, out);
+                return;
+            }
+        }
+    }
+}
+
+async fn tick_loop(weak: Weak<Shared>) {
+    loop {
+        let Some(rt) = weak.upgrade().map(|s| s.rt.clone()) else {
+            return;
+        };
+        rt.sleep(TICK_INTERVAL).await;
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let now = shared.rt.now();
+        let mut st = shared.lock();
+        if st.net.next_deadline().is_some_and(|d| d <= now) {
+            let mut out = Vec::new();
+            st.net.tick(now, &mut out);
+            shared.apply(&mut st, out);
+        }
+    }
+}
