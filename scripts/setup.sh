@@ -17,3 +17,15 @@ fi
 
 command -v cargo >/dev/null || { echo "setup: cargo is required (rustup)" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
+
+# FUSE frontend tests (fuse-frontend/tests): fuse3 (fusermount3, fuse.conf)
+# and pjdfstest (TESTING.md §1; ~70 s to build, kept in ~/.cargo/bin).
+if ! command -v fusermount3 >/dev/null; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get -o DPkg::Lock::Timeout=600 update -q
+  $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -q fuse3
+fi
+if ! command -v pjdfstest >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/pjdfstest" ]; then
+  cargo install --locked pjdfstest@0.2.2
+fi

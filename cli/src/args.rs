@@ -68,6 +68,19 @@ pub fn parse(
     specs: &[OptSpec],
     args: &[String],
 ) -> Result<Parsed, Stop> {
+    parse_opts(cmd, operands_doc, doc, specs, args, false)
+}
+
+/// [`parse`], where `negative_operands` makes words like `-1` (a dash
+/// and a digit) operands rather than options: walk positions use them.
+pub fn parse_opts(
+    cmd: &str,
+    operands_doc: &str,
+    doc: &str,
+    specs: &[OptSpec],
+    args: &[String],
+    negative_operands: bool,
+) -> Result<Parsed, Stop> {
     let mut out = Parsed::default();
     let mut i = 0;
     while i < args.len() {
@@ -123,7 +136,8 @@ pub fn parse(
             }
             continue;
         }
-        if a.len() > 1 && a.starts_with('-') {
+        let numeric = a.as_bytes().get(1).is_some_and(u8::is_ascii_digit);
+        if a.len() > 1 && a.starts_with('-') && !(negative_operands && numeric) {
             let chars: Vec<char> = a[1..].chars().collect();
             let mut j = 0;
             while j < chars.len() {

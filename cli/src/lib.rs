@@ -2,14 +2,26 @@
 //!
 //! Each subcommand lives in its own module and returns a process exit code;
 //! [`run`] dispatches on the first argument. Output formats follow the
-//! original utilities (see docs/mkfs-print-check.md); nothing here panics on
-//! device content: every decode goes through checked helpers.
+//! original utilities (see docs/mkfs-print-check.md and
+//! /work/shared/design/cli-contract.md); nothing here panics on device
+//! content: every decode goes through checked helpers. The offline tools
+//! (mkfs, print, check) read devices; the others talk to a mount's daemon
+//! over its control socket ([`mnt`], docs/control-socket.md).
 
 pub mod args;
 pub mod check;
+pub mod counters;
 pub mod dev;
+pub mod fiemap;
+pub mod inodes;
 pub mod mkfs;
+pub mod mnt;
 pub mod print;
+pub mod stat;
+pub mod walk;
+
+const COMMANDS: &str = "mkfs, print, check, walk-inodes, stat, statfs, df, sync, ino-path, \
+get-referring-entries, get-allocated-inos, get-fiemap, counters";
 
 /// Exit code of argp usage errors.
 pub const EX_USAGE: i32 = 64;
@@ -17,15 +29,25 @@ pub const EX_USAGE: i32 = 64;
 /// Runs `scoutfs <subcmd> <args…>` and returns the exit code.
 pub fn run(argv: &[String]) -> i32 {
     let Some((cmd, rest)) = argv.split_first() else {
-        eprintln!("Usage: scoutfs <command> [<args>]\n\nCommands: mkfs, print, check");
+        eprintln!("Usage: scoutfs <command> [<args>]\n\nCommands: {COMMANDS}");
         return EX_USAGE;
     };
     match cmd.as_str() {
         "mkfs" => mkfs::main(rest),
         "print" => print::main(rest),
         "check" => check::main(rest),
+        "walk-inodes" => walk::main(rest),
+        "stat" => stat::stat_main(rest),
+        "statfs" => stat::statfs_main(rest),
+        "df" => stat::df_main(rest),
+        "sync" => stat::sync_main(rest),
+        "ino-path" => inodes::ino_path_main(rest),
+        "get-referring-entries" => inodes::referring_main(rest),
+        "get-allocated-inos" => inodes::allocated_main(rest),
+        "get-fiemap" => fiemap::main(rest),
+        "counters" => counters::main(rest),
         "--help" | "-h" | "help" => {
-            println!("Usage: scoutfs <command> [<args>]\n\nCommands: mkfs, print, check");
+            println!("Usage: scoutfs <command> [<args>]\n\nCommands: {COMMANDS}");
             0
         }
         other => {

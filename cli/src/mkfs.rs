@@ -228,7 +228,7 @@ pub fn parse_args(argv: &[String]) -> Result<MkfsArgs, i32> {
 }
 
 /// "%.2f%s" of the original's float arithmetic.
-fn size_parts(nr: u64, unit: u64) -> (String, &'static str) {
+pub(crate) fn size_parts(nr: u64, unit: u64) -> (String, &'static str) {
     const SUFFIXES: [&str; 9] = ["B", "KB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"];
     let mut x = nr as f32 * unit as f32;
     let mut i = 0;

@@ -1,0 +1,443 @@
+//! The `scoutfs` commands that talk to a live mount through its control
+//! socket, with exact output: the seed's quick start (`touch one; sync;
+//! scoutfs walk-inodes meta_seq 0 -1 MNT` shows each touched inode at its
+//! new meta_seq after every plain sync), walk-inodes on data_seq, stat,
+//! statfs, df, sync, ino-path, get-referring-entries, get-allocated-inos,
+//! get-fiemap and counters, plus the errors scripts see.
+//!
+//! The daemon runs in this test process (`fuse_frontend::serve` on a
+//! thread) and the commands run as the real `scoutfs` binary. Needs root
+//! and /dev/fuse: without them each test prints `SKIPPED …: reason`.
+
+// A test drives real processes and mounts with real time and threads.
+#![allow(clippy::disallowed_methods)]
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use drivers::{BlockDevice, FileDevice, OpenOptions};
+use engine::mkfs::{format_volume, MkfsOptions};
+use fuse_frontend::control::client::Client;
+use fuse_frontend::{serve, Config};
+
+const SCOUTFS: &str = env!("CARGO_BIN_EXE_scoutfs");
+const IMAGE_BYTES: u64 = 16 << 30;
+
+fn skip(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED {test}: not root: mounting needs CAP_SYS_ADMIN");
+        return true;
+    }
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        eprintln!("SKIPPED {test}: cannot open /dev/fuse: {e}");
+        return true;
+    }
+    false
+}
+
+/// A volume on sparse images, served by a daemon thread of this process.
+struct Mounted {
+    _dir: tempfile::TempDir,
+    meta: PathBuf,
+    data: PathBuf,
+    mnt: PathBuf,
+    daemon: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Mounted {
+    fn new() -> Mounted {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("meta.img");
+        let data = dir.path().join("data.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        for p in [&meta, &data] {
+            std::fs::File::create(p)
+                .unwrap()
+                .set_len(IMAGE_BYTES)
+                .unwrap();
+        }
+        {
+            let m = FileDevice::open(&meta, &OpenOptions::new()).unwrap();
+            let d = FileDevice::open(&data, &OpenOptions::new()).unwrap();
+            let mut opts = MkfsOptions::default();
+            opts.quorum_slots[0] = Some((std::net::Ipv4Addr::LOCALHOST, 12345));
+            format_volume(&m, &d, &opts).unwrap();
+        }
+        let mut v = Mounted {
+            _dir: dir,
+            meta,
+            data,
+            mnt,
+            daemon: None,
+        };
+        v.start();
+        v
+    }
+
+    fn start(&mut self) {
+        let (tx, rx) = mpsc::channel();
+        let mut config = Config::new(self.meta.clone(), self.data.clone(), self.mnt.clone());
+        config.on_ready = Some(Box::new(move || tx.send(()).is_ok()));
+        // The daemon of these tests: a thread of the test process.
+        let t = std::thread::spawn(move || serve(config).map_err(|e| e.to_string()));
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            panic!("daemon did not mount: {:?}", t.join());
+        }
+        self.daemon = Some(t);
+    }
+
+    /// Unmounts through the control socket (commit, farewell) and waits
+    /// for the daemon; then checks the volume.
+    fn unmount(&mut self) {
+        let c = Client::for_path(&self.mnt).expect("client");
+        c.unmount().expect("unmount");
+        let r = self.daemon.take().unwrap().join().unwrap();
+        assert_eq!(r, Ok(()));
+        let ro = OpenOptions::new().read_only(true);
+        let m = FileDevice::open(&self.meta, &ro).unwrap();
+        let d = FileDevice::open(&self.data, &ro).unwrap();
+        let report =
+            engine::check::check_volume(&m, Some(&d as &dyn BlockDevice), &mut |_| {}).unwrap();
+        assert!(report.is_clean(), "{:?}", report.messages());
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.mnt.join(name)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(t) = self.daemon.take() {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            let _ = t.join();
+        }
+    }
+}
+
+fn scoutfs(args: &[&str]) -> Output {
+    Command::new(SCOUTFS)
+        .args(args)
+        .output()
+        .expect("run scoutfs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = scoutfs(args);
+    assert!(o.status.success(), "scoutfs {args:?}: {o:?}");
+    stdout(&o)
+}
+
+const HEADER: &str = "#                    major                minor      ino                 \n";
+
+fn row(nr: u64, major: u64, ino: u64) -> String {
+    format!("{nr:<20} {major:<20} {:<10} {ino:<20}\n", 0)
+}
+
+/// (major, ino) rows of a walk's output (headers skipped).
+fn walk_rows(out: &str) -> Vec<(u64, u64)> {
+    out.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<u64> = l.split_whitespace().map(|x| x.parse().unwrap()).collect();
+            (f[1], f[3])
+        })
+        .collect()
+}
+
+fn plain_sync() {
+    assert!(Command::new("sync").status().unwrap().success());
+}
+
+fn ino(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().ino()
+}
+
+#[test]
+fn quick_start_walks_show_each_touch_at_its_new_meta_seq() {
+    if skip("quick_start_walks_show_each_touch_at_its_new_meta_seq") {
+        return;
+    }
+    let mut v = Mounted::new();
+    let mnt = v.mnt.to_str().unwrap().to_string();
+    // A fresh volume: only the root.
+    let out = ok(&["walk-inodes", "meta_seq", "0", "-1", &mnt]);
+    let rows = walk_rows(&out);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(out, format!("{HEADER}{}", row(0, rows[0].0, 1)));
+
+    let one = v.path("one");
+    std::fs::File::create(&one).unwrap();
+    plain_sync();
+    let out = ok(&["walk-inodes", "meta_seq", "0", "-1", &mnt]);
+    let rows = walk_rows(&out);
+    let one_ino = ino(&one);
+    // Root and the new file, both changed in one transaction.
+    assert_eq!(rows.len(), 2, "{out}");
+    let seq1 = rows[1].0;
+    assert_eq!(rows, vec![(seq1, 1), (seq1, one_ino)]);
+    assert_eq!(
+        out,
+        format!("{HEADER}{}{}", row(0, seq1, 1), row(1, seq1, one_ino))
+    );
+
+    // Touch it again: after the next plain sync it sits at a newer seq,
+    // and its old entry is gone.
+    let mut last = seq1;
+    for round in 0..3 {
+        let f = std::fs::OpenOptions::new().write(true).open(&one).unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(round + 1))
+            .unwrap();
+        drop(f);
+        plain_sync();
+        let rows = walk_rows(&ok(&["walk-inodes", "meta_seq", "0", "-1", &mnt]));
+        let at: Vec<u64> = rows
+            .iter()
+            .filter(|r| r.1 == one_ino)
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(at.len(), 1, "{rows:?}");
+        assert!(at[0] > last, "round {round}: {rows:?}");
+        last = at[0];
+        // Walking from the new seq shows just that inode.
+        let from = format!("{last}");
+        let rows = walk_rows(&ok(&["walk-inodes", "meta_seq", &from, "-1", "-p", &mnt]));
+        assert_eq!(rows, vec![(last, one_ino)]);
+    }
+
+    // data_seq: a write moves the file; directories never appear there.
+    std::fs::write(&one, b"data").unwrap();
+    plain_sync();
+    let rows = walk_rows(&ok(&["walk-inodes", "data_seq", "0", "-1", &mnt]));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].1, one_ino);
+    assert!(rows[0].0 >= last);
+
+    // Headers every 25 rows, numbering across batches.
+    for i in 0..30 {
+        std::fs::File::create(v.path(&format!("f{i}"))).unwrap();
+    }
+    let out = ok(&["walk-inodes", "meta_seq", "0", "-1", &mnt]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 32 + 2, "{out}");
+    assert!(lines[0].starts_with('#') && lines[26].starts_with('#'));
+    assert!(lines[27].starts_with("25 "));
+
+    // Errors: a bad index and a bad position, argp usage.
+    let o = scoutfs(&["walk-inodes", "size", "0", "-1", &mnt]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "unknown index 'size', try 'meta_seq' or 'data_seq'\n\
+         scoutfs: walk-inodes failed: Invalid argument (22)\n"
+    );
+    let o = scoutfs(&["walk-inodes", "meta_seq", "x", "-1", &mnt]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).starts_with("bad index pos at 'x'\ninvalid first position 'x'"));
+    let o = scoutfs(&["walk-inodes", "meta_seq", "0"]);
+    assert_eq!(o.status.code(), Some(64));
+    assert_eq!(
+        stderr(&o),
+        "walk-inodes: no last entry given\n\
+         Try `walk-inodes --help' or `walk-inodes --usage' for more information.\n"
+    );
+    v.unmount();
+}
+
+#[test]
+fn control_commands_print_what_the_original_prints() {
+    if skip("control_commands_print_what_the_original_prints") {
+        return;
+    }
+    let mut v = Mounted::new();
+    let mnt = v.mnt.to_str().unwrap().to_string();
+    let file = v.path("file");
+    std::fs::write(&file, vec![7u8; 3 * 4096]).unwrap();
+    std::fs::create_dir(v.path("dir")).unwrap();
+    std::fs::hard_link(&file, v.path("dir/link")).unwrap();
+    let fino = ino(&file);
+    let dino = ino(&v.path("dir"));
+    let fpath = file.to_str().unwrap();
+
+    // sync
+    assert_eq!(ok(&["sync", "-p", &mnt]), "");
+
+    // stat: committed seqs, as the ioctl returned them.
+    let out = ok(&["stat", fpath]);
+    let lines: Vec<&str> = out.lines().collect();
+    let names: Vec<&str> = lines.iter().map(|l| &l[..17]).collect();
+    assert_eq!(
+        names,
+        [
+            "meta_seq         ",
+            "data_seq         ",
+            "data_version     ",
+            "online_blocks    ",
+            "offline_blocks   ",
+            "crtime           "
+        ]
+    );
+    assert_eq!(lines[3], "online_blocks     3");
+    assert_eq!(lines[4], "offline_blocks    0");
+    let crtime = lines[5][18..].to_string();
+    assert!(
+        crtime.split_once('.').is_some_and(|(_, ns)| ns.len() == 9),
+        "{crtime}"
+    );
+    assert_eq!(ok(&["stat", "-s", "crtime", fpath]), format!("{crtime}\n"));
+    assert_eq!(ok(&["stat", "-s", "online_blocks", fpath]), "3\n");
+    let o = scoutfs(&["stat", "-s", "nope", fpath]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o),
+        "unknown field: 'nope'\nscoutfs: stat failed: Invalid argument (22)\n"
+    );
+    // Outside scoutfs and on a device node: ENOTTY, exit 0, no output.
+    for p in ["/tmp", "/dev/null"] {
+        let o = scoutfs(&["stat", p]);
+        assert_eq!(o.status.code(), Some(0));
+        assert_eq!(stdout(&o), "");
+        assert_eq!(
+            stderr(&o),
+            "ioctl failed: Inappropriate ioctl for device (25)\n"
+        );
+    }
+    let o = scoutfs(&["stat", "/nonexistent"]);
+    assert_eq!(
+        stderr(&o),
+        "failed to open '/nonexistent': No such file or directory (2)\n\
+         scoutfs: stat failed: No such file or directory (2)\n"
+    );
+
+    // statfs: the mount's identity and the committed seq.
+    let hello = Client::for_path(&v.mnt).unwrap().hello().unwrap();
+    let out = ok(&["statfs", "-p", &mnt]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], format!("fsid              {:016x}", hello.fsid));
+    assert_eq!(lines[1], format!("rid               {:016x}", hello.rid));
+    assert!(lines[2].starts_with("committed_seq     "));
+    assert_eq!(lines[3], format!("total_meta_blocks {}", IMAGE_BYTES >> 16));
+    assert_eq!(lines[4], format!("total_data_blocks {}", IMAGE_BYTES >> 12));
+    assert_eq!(
+        ok(&["statfs", "-s", "fsid", "-p", &mnt]),
+        format!("{:016x}\n", hello.fsid)
+    );
+
+    // df: the original's table.
+    let out = ok(&["df", "-p", &mnt]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3);
+    let cols: Vec<Vec<&str>> = lines
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(cols[0], ["Type", "Size", "Total", "Used", "Free", "Use%"]);
+    assert_eq!(cols[1][..3], ["MetaData", "64KB", "262144"]);
+    assert_eq!(cols[2][..3], ["Data", "4KB", "4194304"]);
+    let used: u64 = cols[2][3].parse().unwrap();
+    let free: u64 = cols[2][4].parse().unwrap();
+    assert_eq!(used + free, 4194304);
+    assert!(used >= 3);
+    assert!(lines.iter().all(|l| l.ends_with("  ")));
+    assert!(ok(&["df", "-h", "-p", &mnt]).contains("16.00 GB"));
+
+    // ino-path (also the positional path form) and referring entries.
+    let fino_s = fino.to_string();
+    assert_eq!(ok(&["ino-path", &fino_s, &mnt]), "file\ndir/link\n");
+    assert_eq!(ok(&["ino-path", &fino_s, "-p", &mnt]), "file\ndir/link\n");
+    assert_eq!(
+        ok(&["get-referring-entries", &fino_s, "-p", &mnt]),
+        format!("dir 1 pos 2 type 8 name file\ndir {dino} pos 2 type 8 name link\n")
+    );
+    assert_eq!(
+        ok(&["get-referring-entries", &dino.to_string(), "-p", &mnt]),
+        "dir 1 pos 3 type 4 name dir\n"
+    );
+    let o = scoutfs(&["get-referring-entries", "-p", &mnt]);
+    assert_eq!(o.status.code(), Some(64));
+
+    // get-allocated-inos: the group from INO; -s only INO.
+    assert_eq!(
+        ok(&["get-allocated-inos", "-i", &fino_s, "-p", &mnt]),
+        format!("{fino}\n{dino}\n")
+    );
+    assert_eq!(
+        ok(&[
+            "get-allocated-inos",
+            "-i",
+            &dino.to_string(),
+            "-s",
+            "-p",
+            &mnt
+        ]),
+        format!("{dino}\n")
+    );
+    assert_eq!(ok(&["get-allocated-inos", "-i", "5", "-s", "-p", &mnt]), "");
+    let o = scoutfs(&["get-allocated-inos", "-p", &mnt]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(stderr(&o)
+        .starts_with("get-allocated-inos: must provide --ino starting inode number option\n"));
+
+    // get-fiemap: one extent of three blocks.
+    let out = ok(&["get-fiemap", "-L", fpath]);
+    assert_eq!(out, "0: offset: 0 length: 3 flags: ..L\nextents: 1\n");
+    let out = ok(&["get-fiemap", fpath]);
+    let phys: u64 = out.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert_eq!(
+        out,
+        format!("0: offset: 0 {phys} length: 3 flags: ..L\nextents: 1\n")
+    );
+    assert_eq!(
+        ok(&["get-fiemap", "-P", "-b", fpath]),
+        format!(
+            "0: offset: {} length: 12288 flags: ..L\nextents: 1\n",
+            phys * 4096
+        )
+    );
+    let empty = v.path("empty");
+    std::fs::File::create(&empty).unwrap();
+    assert_eq!(ok(&["get-fiemap", empty.to_str().unwrap()]), "extents: 0\n");
+    let o = scoutfs(&["get-fiemap", "-P", "-L", fpath]);
+    assert_eq!(o.status.code(), Some(64));
+
+    // counters: sorted `name value` lines from the status tree, found
+    // from the mount path or the status directory.
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = ok(&["counters", &mnt]);
+    let names: Vec<&str> = out.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    assert!(names.contains(&"trans_commits"), "{out}");
+    let status_dir =
+        fuse_frontend::control::sock::run_dir().join(&Client::for_path(&v.mnt).unwrap().ident);
+    assert_eq!(
+        ok(&["counters", status_dir.to_str().unwrap()])
+            .lines()
+            .count(),
+        names.len()
+    );
+    for f in ["fsid", "rid", "pid", "mount_options/metadev_path"] {
+        assert!(status_dir.join(f).is_file(), "{f}");
+    }
+    v.unmount();
+    assert!(!status_dir.exists(), "status tree left behind");
+}

@@ -1,0 +1,211 @@
+//! The client side of the control protocol: one call per connection.
+//! [`Client::for_path`] finds a path's mount (st_dev → by-dev → ident);
+//! each method sends one request and decodes its reply. Errors are
+//! `io::Error`s carrying the errno the daemon answered (or the socket
+//! call's own).
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use super::proto::{
+    Dec, Enc, FiemapExtent, Op, RefEntry, StatReply, StatfsReply, WalkPos, FIEMAP_BATCH_MAX,
+    WALK_BATCH_MAX,
+};
+use super::sock;
+
+/// A mount's control socket.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub ident: String,
+}
+
+/// What Hello answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub fsid: u64,
+    pub rid: u64,
+    pub pid: u32,
+    pub mountpoint: std::path::PathBuf,
+}
+
+fn errno(e: i32) -> io::Error {
+    io::Error::from_raw_os_error(e)
+}
+
+impl Client {
+    pub fn new(ident: impl Into<String>) -> Client {
+        Client {
+            ident: ident.into(),
+        }
+    }
+
+    /// The client of the scoutfs mount holding `path`: ENOTTY when no
+    /// scoutfs daemon serves it (what the original's ioctl answers on
+    /// another filesystem). Errors of stat(2) are returned as they are.
+    pub fn for_path(path: &Path) -> io::Result<Client> {
+        match sock::ident_of_path(path)? {
+            Some(id) => Ok(Client::new(id)),
+            None => Err(errno(libc::ENOTTY)),
+        }
+    }
+
+    /// The client of the mount of an open file.
+    pub fn for_file(f: &std::fs::File) -> io::Result<Client> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = f.metadata()?.dev();
+        sock::ident_of_dev(dev)
+            .map(Client::new)
+            .ok_or_else(|| errno(libc::ENOTTY))
+    }
+
+    /// Sends `req` (with `fd`) and returns the reply body of a success.
+    pub fn call(&self, req: &Enc, fd: Option<&OwnedFd>) -> io::Result<Vec<u8>> {
+        let conn = sock::connect(&self.ident).map_err(|e| {
+            // A by-dev file left by a daemon that died: no such mount.
+            match e.raw_os_error() {
+                Some(libc::ECONNREFUSED) | Some(libc::ENOENT) => errno(libc::ENOTCONN),
+                _ => e,
+            }
+        })?;
+        sock::send(&conn, &req.0, fd.map(|f| f.as_fd()))?;
+        let (reply, _) = sock::recv(&conn)?;
+        let mut d = Dec::new(&reply);
+        let status = d.i32()?;
+        if status != 0 {
+            return Err(errno(status));
+        }
+        Ok(reply[4..].to_vec())
+    }
+
+    pub fn hello(&self) -> io::Result<Hello> {
+        let body = self.call(&Enc::request(Op::Hello), None)?;
+        let mut d = Dec::new(&body);
+        Ok(Hello {
+            fsid: d.u64()?,
+            rid: d.u64()?,
+            pid: d.u32()?,
+            mountpoint: sock::bytes_path(d.bytes()?),
+        })
+    }
+
+    pub fn statfs(&self) -> io::Result<StatfsReply> {
+        let body = self.call(&Enc::request(Op::Statfs), None)?;
+        StatfsReply::decode(&mut Dec::new(&body))
+    }
+
+    /// STAT_MORE of the open file `f`.
+    pub fn stat(&self, f: &OwnedFd) -> io::Result<StatReply> {
+        let body = self.call(&Enc::request(Op::Stat), Some(f))?;
+        StatReply::decode(&mut Dec::new(&body))
+    }
+
+    pub fn sync(&self) -> io::Result<()> {
+        self.call(&Enc::request(Op::Sync), None).map(|_| ())
+    }
+
+    /// One batch of an index walk (at most [`WALK_BATCH_MAX`] entries).
+    pub fn walk_inodes(
+        &self,
+        index: u8,
+        first: WalkPos,
+        last: WalkPos,
+    ) -> io::Result<Vec<WalkPos>> {
+        let mut req = Enc::request(Op::WalkInodes);
+        req.u8(index).u8(0).u16(0).u32(WALK_BATCH_MAX);
+        req.pos(first).pos(last);
+        let body = self.call(&req, None)?;
+        let mut d = Dec::new(&body);
+        let n = d.u32()?;
+        (0..n).map(|_| d.pos()).collect()
+    }
+
+    /// The next path to `ino` after the cursor: (dir, pos, path) or None.
+    pub fn ino_path(
+        &self,
+        ino: u64,
+        cursor: (u64, u64),
+    ) -> io::Result<Option<(u64, u64, Vec<u8>)>> {
+        let mut req = Enc::request(Op::InoPath);
+        req.u64(ino).u64(cursor.0).u64(cursor.1);
+        match self.call(&req, None) {
+            Ok(body) => {
+                let mut d = Dec::new(&body);
+                let (dir, pos) = (d.u64()?, d.u64()?);
+                Ok(Some((dir, pos, d.bytes()?.to_vec())))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Entries referring to `ino` at or after the cursor; the flag says
+    /// whether they were the last ones.
+    pub fn referring_entries(
+        &self,
+        ino: u64,
+        cursor: (u64, u64),
+    ) -> io::Result<(Vec<RefEntry>, bool)> {
+        let mut req = Enc::request(Op::ReferringEntries);
+        req.u64(ino).u64(cursor.0).u64(cursor.1);
+        let body = self.call(&req, None)?;
+        let mut d = Dec::new(&body);
+        let n = d.u32()?;
+        let last = d.u32()? != 0;
+        let mut out = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let dir = d.u64()?;
+            let pos = d.u64()?;
+            let dtype = d.u8()?;
+            let name = d.bytes()?.to_vec();
+            out.push(RefEntry {
+                dir,
+                pos,
+                dtype,
+                name,
+            });
+        }
+        Ok((out, last))
+    }
+
+    pub fn allocated_inos(&self, start: u64, max: u32) -> io::Result<Vec<u64>> {
+        let mut req = Enc::request(Op::AllocatedInos);
+        req.u64(start).u32(max).u32(0);
+        let body = self.call(&req, None)?;
+        let mut d = Dec::new(&body);
+        let n = d.u32()?;
+        (0..n).map(|_| d.u64()).collect()
+    }
+
+    /// Extents of the open file `f` from logical block `start`: a batch
+    /// and whether it ends with the last extent.
+    pub fn fiemap(&self, f: &OwnedFd, start: u64) -> io::Result<(Vec<FiemapExtent>, bool)> {
+        let mut req = Enc::request(Op::Fiemap);
+        req.u64(start).u32(FIEMAP_BATCH_MAX).u32(0);
+        let body = self.call(&req, Some(f))?;
+        let mut d = Dec::new(&body);
+        let n = d.u32()?;
+        let last = d.u32()? != 0;
+        let mut out = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let logical = d.u64()?;
+            let physical = d.u64()?;
+            let length = d.u64()?;
+            let flags = d.u32()?;
+            d.u32()?;
+            out.push(FiemapExtent {
+                logical,
+                physical,
+                length,
+                flags,
+            });
+        }
+        Ok((out, last))
+    }
+
+    /// Asks the daemon to unmount, commit, say farewell and exit; returns
+    /// once it has done all but exiting.
+    pub fn unmount(&self) -> io::Result<()> {
+        self.call(&Enc::request(Op::Unmount), None).map(|_| ())
+    }
+}

@@ -1,0 +1,532 @@
+//! One mount's daemon: devices → in-process server → greeting → mount →
+//! FUSE, until unmounted or told to stop.
+//!
+//! [`serve`] is the whole life of a single-node mount (the networked
+//! server, quorum and the lock client come later):
+//!
+//! 1. Opens the metadata and data devices with the `file` driver
+//!    (exclusively: a second daemon on the same devices gets EBUSY).
+//! 2. Starts the production executor; the calling thread is its engine
+//!    thread whenever it is inside `block_on`.
+//! 3. Opens the [`Server`] in-process, greets it with a fresh rid, opens
+//!    the [`Mount`] (commit timer and merge worker on) and the [`Fs`]; a
+//!    background task advances the server's freeing of merged trees.
+//! 4. Mounts FUSE on the directory (only now, after the greeting, as
+//!    ARCHITECTURE §2.11 asks), starts the worker threads and calls
+//!    [`Config::on_ready`] (what a mount helper waits for).
+//! 5. Serves until the kernel ends the connection (`umount DIR`) or a
+//!    SIGTERM/SIGINT/SIGHUP arrives (the daemon then detaches the mount
+//!    itself), then commits, says farewell and returns.
+//!
+//! Every failure is a [`ServeError`] naming what failed with the errno, and
+//! nothing is left mounted. Touches `engine` (runtime, server, trans, fs),
+//! `drivers` (file devices), [`crate::session`] and [`crate::signals`].
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use drivers::{BlockDevice, FileDevice, OpenOptions};
+use engine::format::net::{Cmd, NetGreeting};
+use engine::fs::{Fs, Time};
+use engine::link::ServerLink;
+use engine::runtime::{Executor, JoinHandle, Runtime, ThreadPark};
+use engine::server::{InProcessLink, Server, ServerOptions};
+use engine::trans::{Mount, MountOptions};
+use zerocopy::IntoBytes;
+
+use crate::bridge::Bridge;
+use crate::control::{self, Control, Identity};
+use crate::filesystem::{FuseOptions, ScoutFuse};
+use crate::options::ScoutfsOptions;
+use crate::session::{self, MountSpec, Workers};
+use crate::signals::SignalWatch;
+
+/// FUSE worker threads by default: enough to keep requests in flight on a
+/// small machine without a thread per CPU.
+pub const WORKERS_DEFAULT: usize = 4;
+/// How often the daemon lets the server free merged log trees when idle.
+pub const BACKGROUND_INTERVAL: Duration = Duration::from_secs(1);
+/// The FUSE subtype: mounts show as `fuse.scoutfs`.
+pub const SUBTYPE: &str = "scoutfs";
+
+/// How to run one mount.
+pub struct Config {
+    pub metadev: PathBuf,
+    pub datadev: PathBuf,
+    pub mountpoint: PathBuf,
+    /// FUSE worker threads.
+    pub workers: usize,
+    pub fuse: FuseOptions,
+    pub mount: MountOptions,
+    /// Let other users than the mounter in (the kernel's `allow_other`).
+    pub allow_other: bool,
+    /// The scoutfs mount options (shown in the status tree).
+    pub options: ScoutfsOptions,
+    /// Asked right before mount(2): false means whoever started the
+    /// daemon is gone (a mount helper that died), so nothing is mounted.
+    pub still_wanted: Option<Box<dyn Fn() -> bool + Send>>,
+    /// Called once the filesystem is mounted and served; false means
+    /// nobody took the news (the helper died meanwhile): the daemon then
+    /// unmounts and stops.
+    pub on_ready: Option<Box<dyn FnOnce() -> bool + Send>>,
+    /// Serve the control socket and status tree (off only in tests that
+    /// run several daemons of one volume image).
+    pub control: bool,
+}
+
+impl Config {
+    /// The defaults for a mount of `metadev` + `datadev` on `mountpoint`.
+    pub fn new(metadev: PathBuf, datadev: PathBuf, mountpoint: PathBuf) -> Config {
+        Config {
+            metadev: metadev.clone(),
+            datadev,
+            mountpoint,
+            workers: WORKERS_DEFAULT,
+            fuse: FuseOptions::default(),
+            mount: MountOptions::default(),
+            allow_other: true,
+            options: ScoutfsOptions::new(metadev.clone()),
+            still_wanted: None,
+            on_ready: None,
+            control: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("metadev", &self.metadev)
+            .field("datadev", &self.datadev)
+            .field("mountpoint", &self.mountpoint)
+            .field("workers", &self.workers)
+            .finish()
+    }
+}
+
+/// `strerror(e)` without Rust's " (os error N)" suffix.
+pub fn strerror(e: i32) -> String {
+    let s = io::Error::from_raw_os_error(e).to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Why [`serve`] stopped early.
+#[derive(Debug)]
+pub enum ServeError {
+    /// A device could not be opened.
+    Device { path: PathBuf, source: io::Error },
+    /// The engine failed at `stage` with an errno.
+    Engine { stage: String, errno: i32 },
+    /// Mounting or serving FUSE failed.
+    Fuse(io::Error),
+    /// Whoever started the daemon (a mount helper) went away before the
+    /// mount was reported: nothing is left mounted.
+    Abandoned,
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Device { path, source } => {
+                let e = source.raw_os_error().unwrap_or(libc::EIO);
+                write!(
+                    f,
+                    "failed to open '{}': {} ({e})",
+                    path.display(),
+                    strerror(e)
+                )
+            }
+            ServeError::Engine { stage, errno } => {
+                write!(f, "{stage}: {} ({errno})", strerror(*errno))
+            }
+            ServeError::Fuse(e) => write!(f, "{e}"),
+            ServeError::Abandoned => {
+                write!(f, "the mount helper went away: nothing left mounted")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+fn engine_err(stage: impl Into<String>) -> impl FnOnce(i32) -> ServeError {
+    let stage = stage.into();
+    move |errno| ServeError::Engine { stage, errno }
+}
+
+/// The engine side of a running mount.
+struct Node {
+    conn: ServerConn,
+    mount: Arc<Mount>,
+    fs: Arc<Fs>,
+}
+
+/// Inode times are wall-clock time; the engine takes them through its
+/// [`engine::fs::Clock`] so that only the frontend reads the real clock.
+#[allow(clippy::disallowed_methods)]
+fn wall_clock() -> Time {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Time {
+        sec: d.as_secs(),
+        nsec: d.subsec_nanos(),
+    }
+}
+
+fn open_device(path: &Path) -> Result<Arc<dyn BlockDevice>, ServeError> {
+    let dev = FileDevice::open(path, &OpenOptions::new().exclusive(true)).map_err(|source| {
+        ServeError::Device {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(Arc::new(dev))
+}
+
+async fn greet(link: &dyn ServerLink, fsid: u64, fmt_vers: u64, rid: u64) -> Result<(), i32> {
+    let g = NetGreeting {
+        fsid: fsid.into(),
+        fmt_vers: fmt_vers.into(),
+        // Term 0: a new mount, not a reconnect.
+        server_term: 0.into(),
+        rid: rid.into(),
+        flags: 0.into(),
+    };
+    link.call(Cmd::Greeting, g.as_bytes().to_vec())
+        .await
+        .map(|_| ())
+}
+
+/// This mount's connection to the server: the link every request goes
+/// through, who we are, and what keeps an in-process server going.
+struct ServerConn {
+    link: Arc<dyn ServerLink>,
+    rid: u64,
+    fsid: u64,
+    fmt_vers: u64,
+    /// The in-process server's background work (freeing merged trees).
+    background: Option<JoinHandle<()>>,
+    /// The in-process server, kept until after the farewell.
+    server: Option<Arc<Server>>,
+}
+
+/// How the daemon obtains its server link: today the server runs in this
+/// process ([`InProcessLink`]); a networked server (quorum, TCP) replaces
+/// only this function. Returns once the server has greeted us.
+async fn connect_server(
+    meta: Arc<dyn BlockDevice>,
+    data: Arc<dyn BlockDevice>,
+    rt: Runtime,
+    names: &str,
+) -> Result<ServerConn, ServeError> {
+    let server = Server::open(meta, data, rt.clone(), ServerOptions::default())
+        .await
+        .map_err(engine_err(format!("{names} do not hold a scoutfs volume")))?;
+    // A rid of 0 means "none" in the format: draw again.
+    let rid = loop {
+        let r = rt.random_u64();
+        if r != 0 {
+            break r;
+        }
+    };
+    let link: Arc<dyn ServerLink> = Arc::new(InProcessLink::new(server.clone(), rid));
+    let (fsid, fmt_vers) = (server.fsid(), server.fmt_vers());
+    greet(&*link, fsid, fmt_vers, rid)
+        .await
+        .map_err(engine_err("greeting the server"))?;
+    let bg_server = server.clone();
+    let bg_rt = rt.clone();
+    let background = rt.spawn(async move {
+        loop {
+            bg_rt.sleep(BACKGROUND_INTERVAL).await;
+            // Errors stop the server for every caller; the mount's own
+            // calls report them.
+            while let Ok(true) = bg_server.background().await {}
+        }
+    });
+    Ok(ServerConn {
+        link,
+        rid,
+        fsid,
+        fmt_vers,
+        background: Some(background),
+        server: Some(server),
+    })
+}
+
+async fn bring_up(
+    meta: Arc<dyn BlockDevice>,
+    data: Arc<dyn BlockDevice>,
+    rt: Runtime,
+    opts: MountOptions,
+    names: &str,
+) -> Result<Node, ServeError> {
+    let conn = connect_server(meta.clone(), data.clone(), rt.clone(), names).await?;
+    let mount = Mount::open(meta, data.clone(), conn.link.clone(), rt, conn.rid, opts)
+        .await
+        .map_err(engine_err("opening the mount"))?;
+    let mount = Arc::new(mount);
+    let fs = Arc::new(Fs::new(
+        mount.clone(),
+        mount.clone(),
+        data,
+        mount.fmt_vers(),
+        Box::new(wall_clock),
+    ));
+    Ok(Node { conn, mount, fs })
+}
+
+/// Commits what is open and says farewell (the open transaction would be
+/// lost with the mount otherwise).
+async fn shut_down(node: Node) -> Result<(), ServeError> {
+    let Node {
+        mut conn,
+        mount,
+        fs,
+    } = node;
+    drop(conn.background.take());
+    fs.fsync().await.map_err(engine_err("final commit"))?;
+    drop(fs);
+    drop(mount);
+    conn.link
+        .call(Cmd::Farewell, Vec::new())
+        .await
+        .map_err(engine_err("farewell"))?;
+    drop(conn.server.take());
+    Ok(())
+}
+
+/// A directory, or a dead FUSE mount left by a daemon that died (ENOTCONN:
+/// [`session::mount`] detaches it first).
+pub fn usable_mountpoint(dir: &Path) -> bool {
+    match std::fs::metadata(dir) {
+        Ok(m) => m.is_dir(),
+        Err(e) => e.raw_os_error() == Some(libc::ENOTCONN),
+    }
+}
+
+/// Runs one mount until it is unmounted or signalled. See the module
+/// comment.
+pub fn serve(config: Config) -> Result<(), ServeError> {
+    if !usable_mountpoint(&config.mountpoint) {
+        return Err(ServeError::Fuse(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "mount point '{}' is not a directory",
+                config.mountpoint.display()
+            ),
+        )));
+    }
+    let meta = open_device(&config.metadev)?;
+    let data = open_device(&config.datadev)?;
+    // Before any thread exists, so all of them inherit the mask.
+    let mut signals = SignalWatch::block().map_err(ServeError::Fuse)?;
+    let result = serve_mounted(meta, data, config, &mut signals);
+    signals.stop();
+    result
+}
+
+/// `dir` absolute with its parent canonicalized: what mountinfo shows,
+/// found without a stat of `dir` itself (a dead FUSE mount may sit there).
+pub fn canonical_dir(dir: &Path) -> PathBuf {
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(p), Some(name)) => p
+            .canonicalize()
+            .map(|p| p.join(name))
+            .unwrap_or(abs.clone()),
+        _ => abs,
+    }
+}
+
+/// The (major, minor) of the newest mount on `dir`, from mountinfo (no
+/// stat: a stat of our own mount would wait for the engine).
+pub fn mount_dev(dir: &Path) -> io::Result<(u32, u32)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let want = dir.as_os_str().as_encoded_bytes();
+    let mut found = None;
+    for line in info.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 5 || unescape_mountinfo(f[4]) != want {
+            continue;
+        }
+        if let Some((a, b)) = f[2].split_once(':') {
+            if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
+                found = Some((a, b));
+            }
+        }
+    }
+    found.ok_or_else(|| io::Error::other(format!("{} is not in mountinfo", dir.display())))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn serve_mounted(
+    meta: Arc<dyn BlockDevice>,
+    data: Arc<dyn BlockDevice>,
+    config: Config,
+    signals: &mut SignalWatch,
+) -> Result<(), ServeError> {
+    let Config {
+        metadev,
+        datadev,
+        mountpoint,
+        workers,
+        fuse,
+        mount: mount_opts,
+        allow_other,
+        options,
+        still_wanted,
+        on_ready,
+        control,
+    } = config;
+    let exec = Executor::new(Arc::new(ThreadPark::new()));
+    let rt = exec.runtime();
+    let names = format!("'{}' and '{}'", metadev.display(), datadev.display());
+    let node = exec.block_on(bring_up(meta, data, rt.clone(), mount_opts, &names))?;
+
+    // ARCHITECTURE §2.11: nothing is mounted for a helper that is gone.
+    if still_wanted.as_ref().is_some_and(|wanted| !wanted()) {
+        let _ = exec.block_on(shut_down(node));
+        return Err(ServeError::Abandoned);
+    }
+    let mountpoint = canonical_dir(&mountpoint);
+    // Like a kernel mount's source column: the data device, absolute.
+    let fsname = std::path::absolute(&datadev)
+        .unwrap_or_else(|_| datadev.to_path_buf())
+        .to_string_lossy()
+        .into_owned();
+    let spec = MountSpec {
+        mountpoint: &mountpoint,
+        fsname: &fsname,
+        subtype: SUBTYPE,
+        allow_other,
+    };
+    let session = match session::mount(&spec) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            let _ = exec.block_on(shut_down(node));
+            return Err(ServeError::Fuse(e));
+        }
+    };
+    let bridge = Bridge::new(rt.clone());
+    let frontend = ScoutFuse::new(
+        node.fs.clone(),
+        node.conn.link.clone(),
+        bridge.clone(),
+        fuse,
+    );
+    let server = Arc::new(fuse_backend_rs::api::server::Server::new(frontend));
+    let fail = |e: io::Error, node: Node| {
+        let _ = session::unmount_lazy(&mountpoint);
+        let _ = session.wake();
+        let _ = exec.block_on(shut_down(node));
+        Err(ServeError::Fuse(e))
+    };
+    let workers = match Workers::start(&session, server.clone(), workers) {
+        Ok(w) => w,
+        Err(e) => return fail(e, node),
+    };
+    let control = if control {
+        let started = mount_dev(&mountpoint).and_then(|dev| {
+            let id = Identity {
+                fsid: node.conn.fsid,
+                rid: node.conn.rid,
+                fmt_vers: node.conn.fmt_vers,
+                mountpoint: mountpoint.clone(),
+                dev,
+                datadev: std::path::absolute(&datadev).unwrap_or_else(|_| datadev.clone()),
+                options,
+            };
+            let engine = control::Engine {
+                fs: node.fs.clone(),
+                mount: node.mount.clone(),
+                link: node.conn.link.clone(),
+                bridge: bridge.clone(),
+            };
+            Control::start(id, engine)
+        });
+        match started {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let _ = session::unmount_lazy(&mountpoint);
+                let _ = session.wake();
+                exec.block_on(rt.spawn_blocking(move || workers.join()));
+                let _ = exec.block_on(shut_down(node));
+                return Err(ServeError::Fuse(e));
+            }
+        }
+    } else {
+        None
+    };
+    let stop_session = session.clone();
+    let stop_dir = mountpoint.to_path_buf();
+    let watched = signals.watch(move |_sig| {
+        // Detach first so nothing new comes in, then end the workers.
+        if let Err(e) = session::unmount_lazy(&stop_dir) {
+            eprintln!("scoutfsd: {e}");
+        }
+        let _ = stop_session.wake();
+    });
+    if let Err(e) = watched {
+        eprintln!("scoutfsd: cannot watch for signals, unmounting: {e}");
+        let _ = session::unmount_lazy(&mountpoint);
+        let _ = session.wake();
+    }
+    let mut abandoned = false;
+    if let Some(ready) = on_ready {
+        if !ready() {
+            // The helper died between our mount and its news: undo.
+            abandoned = true;
+            let _ = session::unmount_lazy(&mountpoint);
+            let _ = session.wake();
+        }
+    }
+    // Serve: the engine runs here until every worker has returned; the
+    // control thread stops while the executor still runs (a request in
+    // progress needs it).
+    let mut stopped = exec.block_on(rt.spawn_blocking(move || {
+        workers.join();
+        control.map(Control::stop)
+    }));
+    drop(server);
+    let done = exec.block_on(shut_down(node));
+    if let Some(s) = stopped.as_mut() {
+        let errno = match &done {
+            Ok(()) => 0,
+            Err(ServeError::Engine { errno, .. }) => *errno,
+            Err(_) => libc::EIO,
+        };
+        s.reply_unmount(errno);
+        s.remove_status();
+    }
+    drop(session);
+    match done {
+        Ok(()) if abandoned => Err(ServeError::Abandoned),
+        other => other,
+    }
+}

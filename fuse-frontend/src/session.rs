@@ -1,0 +1,219 @@
+//! The /dev/fuse side: mounting, the worker threads, unmounting.
+//!
+//! [`mount`] opens /dev/fuse and calls mount(2) itself (fuse-backend-rs's
+//! own mount forces `nosuid,nodev`), with the options scoutfs mounts carry
+//! (cli-contract: `fsname=<data device>`, type `fuse.scoutfs`,
+//! `default_permissions`, `allow_other`, `dev`, `suid`). A dead FUSE mount
+//! left on the directory by a crashed daemon (ENOTCONN) is detached first.
+//!
+//! [`Workers`] runs several threads that each read one request at a time
+//! from the device and answer it through fuse-backend-rs's `Server`: with
+//! the engine call of each parked in its own thread, that many requests
+//! are in flight. They all return once the kernel ends the connection
+//! (unmount: the device read fails with ENODEV) or [`FuseSession::wake`]
+//! is called.
+//!
+//! Touches the kernel (mount(2), umount2(2), /dev/fuse) and the FUSE
+//! server; nothing of the engine.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::transport::FuseSession;
+
+use crate::filesystem::ScoutFuse;
+
+/// Bytes of one request buffer: fuse-backend-rs's session buffer (256
+/// pages and a header page). The kernel is told `max_read` of that size so
+/// no READ reply outgrows it.
+const MAX_READ_BYTES: usize = 256 * 4096 + 4096;
+
+fn os_err(what: String, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+fn cstring(s: &[u8]) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))
+}
+
+/// What the mount shows in /proc/mounts.
+#[derive(Debug, Clone)]
+pub struct MountSpec<'a> {
+    pub mountpoint: &'a Path,
+    /// The source column: the data device path, like a kernel scoutfs mount.
+    pub fsname: &'a str,
+    pub subtype: &'a str,
+    pub allow_other: bool,
+}
+
+/// Detaches a dead FUSE mount (its daemon gone: ENOTCONN) from `dir`.
+fn detach_stale(dir: &Path) -> io::Result<()> {
+    match std::fs::metadata(dir) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            let c = cstring(dir.as_os_str().as_bytes())?;
+            // SAFETY: `c` is a valid NUL-terminated path for the call.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                return Err(os_err(
+                    format!("detaching the stale mount on {}", dir.display()),
+                    io::Error::last_os_error(),
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Mounts a FUSE filesystem on `spec.mountpoint` and returns a session
+/// holding the connection.
+pub fn mount(spec: &MountSpec<'_>) -> io::Result<FuseSession> {
+    detach_stale(spec.mountpoint)?;
+    let mut session = FuseSession::new(spec.mountpoint, spec.fsname, spec.subtype, false)
+        .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e.to_string()))?;
+    let dir = session.mountpoint().to_path_buf();
+    let md = std::fs::metadata(&dir).map_err(|e| os_err(format!("stat {}", dir.display()), e))?;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(|e| os_err("open /dev/fuse".into(), e))?;
+    let mut opts = format!(
+        "default_permissions,fd={},rootmode={:o},user_id={},group_id={},max_read={}",
+        dev.as_raw_fd(),
+        md.mode() & libc::S_IFMT,
+        // SAFETY: getuid/getgid cannot fail and touch no memory.
+        unsafe { libc::getuid() },
+        // SAFETY: as above.
+        unsafe { libc::getgid() },
+        MAX_READ_BYTES,
+    );
+    if spec.allow_other {
+        opts.push_str(",allow_other");
+    }
+    let source = cstring(spec.fsname.as_bytes())?;
+    let target = cstring(dir.as_os_str().as_bytes())?;
+    let fstype = cstring(format!("fuse.{}", spec.subtype).as_bytes())?;
+    let data = cstring(opts.as_bytes())?;
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives
+    // the call; flags 0 asks for dev, suid, exec and read-write.
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(os_err(
+            format!("mount {} on {}", spec.fsname, dir.display()),
+            io::Error::last_os_error(),
+        ));
+    }
+    set_nonblocking(&dev)?;
+    session.set_fuse_file(dev);
+    Ok(session)
+}
+
+/// The channels poll the device and read it without blocking, as
+/// fuse-backend-rs's own mount sets it up.
+fn set_nonblocking(f: &File) -> io::Result<()> {
+    let fd = f.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory involved.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(os_err("fcntl /dev/fuse".into(), io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Lazily unmounts `dir` (the daemon's own unmount on SIGTERM: processes
+/// still inside see the connection end when the daemon exits).
+pub fn unmount_lazy(dir: &Path) -> io::Result<()> {
+    let c = cstring(dir.as_os_str().as_bytes())?;
+    // SAFETY: `c` is a valid NUL-terminated path for the call.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let e = io::Error::last_os_error();
+        // Already gone (unmounted from outside) is fine.
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(os_err(format!("unmount {}", dir.display()), e));
+        }
+    }
+    Ok(())
+}
+
+/// The worker threads of one session.
+pub struct Workers {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `count` threads serving `session` with `server`.
+    pub fn start(
+        session: &FuseSession,
+        server: Arc<Server<ScoutFuse>>,
+        count: usize,
+    ) -> io::Result<Workers> {
+        let mut threads = Vec::with_capacity(count);
+        for nr in 0..count.max(1) {
+            let mut ch = session
+                .new_channel()
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            let server = server.clone();
+            // FUSE workers block in the kernel (device reads) and on their
+            // engine call by design: they are the frontend's own threads,
+            // not engine code.
+            #[allow(clippy::disallowed_methods)]
+            let t = std::thread::Builder::new()
+                .name(format!("scoutfs-fuse-{nr}"))
+                .spawn(move || serve_channel(&mut ch, &server))?;
+            threads.push(t);
+        }
+        Ok(Workers { threads })
+    }
+
+    /// Waits until every worker has returned.
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_channel(ch: &mut fuse_backend_rs::transport::FuseChannel, server: &Server<ScoutFuse>) {
+    use fuse_backend_rs::Error as FuseError;
+    loop {
+        match ch.get_request() {
+            Ok(Some((reader, writer))) => {
+                match server.handle_message(reader, writer.into(), None, None) {
+                    Ok(_) => {}
+                    // The kernel no longer waits for this reply (the
+                    // request was interrupted or the connection ended).
+                    Err(FuseError::EncodeMessage(e))
+                        if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENODEV)) => {}
+                    Err(e) => eprintln!("scoutfsd: request failed: {e}"),
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                // fuse-backend-rs reports the end of the connection
+                // (unmount, abort) as an epoll error: not worth a word.
+                let msg = e.to_string();
+                if !msg.contains("epoll error") {
+                    eprintln!("scoutfsd: reading /dev/fuse failed: {msg}");
+                }
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Helpers of the FUSE frontend tests: sparse image files formatted with
+//! `engine::mkfs` (what `scoutfs mkfs` writes), the `scoutfsd` binary run
+//! in the foreground until it reports the mount, unmounting, and the
+//! offline check (`engine::check`, what `scoutfs check` runs).
+//!
+//! Tests that mount need root and /dev/fuse: [`skip_without_fuse`] prints
+//! why and tells the test to return when either is missing.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use drivers::{BlockDevice, FileDevice, OpenOptions};
+use engine::mkfs::{format_volume, MkfsOptions};
+
+/// Image sizes: sparse, large enough that the metadata reserve (§1.7)
+/// leaves room for allocating transactions.
+pub const META_BYTES: u64 = 16 << 30;
+pub const DATA_BYTES: u64 = 16 << 30;
+/// How long a daemon may take to mount or to exit.
+pub const DAEMON_WAIT: Duration = Duration::from_secs(60);
+
+pub const SCOUTFSD: &str = env!("CARGO_BIN_EXE_scoutfsd");
+
+/// `Some(reason)` when this process cannot mount FUSE filesystems.
+pub fn fuse_unavailable() -> Option<String> {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root: mounting needs CAP_SYS_ADMIN".into());
+    }
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        return Some(format!("cannot open /dev/fuse: {e}"));
+    }
+    None
+}
+
+/// Prints why the test is skipped; true when it must return.
+pub fn skip_without_fuse(test: &str) -> bool {
+    match fuse_unavailable() {
+        Some(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
+/// A formatted volume on two sparse image files and a mount point, all in
+/// a temporary directory others may traverse (pjdfstest switches users).
+pub struct Volume {
+    pub dir: tempfile::TempDir,
+    pub meta: PathBuf,
+    pub data: PathBuf,
+    pub mnt: PathBuf,
+}
+
+impl Volume {
+    pub fn new() -> Volume {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod tempdir");
+        let meta = dir.path().join("meta.img");
+        let data = dir.path().join("data.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mount point");
+        for (p, size) in [(&meta, META_BYTES), (&data, DATA_BYTES)] {
+            let f = std::fs::File::create(p).expect("image file");
+            f.set_len(size).expect("sparse size");
+        }
+        {
+            let m = FileDevice::open(&meta, &OpenOptions::new()).expect("open meta");
+            let d = FileDevice::open(&data, &OpenOptions::new()).expect("open data");
+            let mut opts = MkfsOptions::default();
+            opts.quorum_slots[0] = Some((std::net::Ipv4Addr::LOCALHOST, 12345));
+            format_volume(&m, &d, &opts).expect("mkfs");
+        }
+        Volume {
+            dir,
+            meta,
+            data,
+            mnt,
+        }
+    }
+
+    /// The offline check's faults (empty when clean).
+    pub fn check(&self) -> Vec<String> {
+        let ro = OpenOptions::new().read_only(true);
+        let m = FileDevice::open(&self.meta, &ro).expect("open meta");
+        let d = FileDevice::open(&self.data, &ro).expect("open data");
+        match engine::check::check_volume(&m, Some(&d as &dyn BlockDevice), &mut |_| {}) {
+            Ok(report) => report.messages(),
+            Err(e) => vec![format!("check could not run: {e}")],
+        }
+    }
+
+    pub fn assert_clean(&self, what: &str) {
+        let faults = self.check();
+        assert!(faults.is_empty(), "{what}: check found faults: {faults:#?}");
+    }
+
+    /// Whether something is mounted on the mount point.
+    pub fn mounted(&self) -> bool {
+        mount_entry(&self.mnt).is_some()
+    }
+}
+
+/// The /proc/mounts line of `dir`, if mounted.
+pub fn mount_entry(dir: &Path) -> Option<String> {
+    let dir = dir.canonicalize().ok()?;
+    let dir = dir.to_str()?;
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(dir))
+        .map(str::to_string)
+}
+
+/// A `scoutfsd -f` serving a volume.
+pub struct Daemon {
+    pub child: Child,
+    pub mnt: PathBuf,
+    /// Lines the daemon printed on stderr.
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// Starts the daemon and waits until it says the volume is mounted.
+    pub fn start(v: &Volume) -> Daemon {
+        let mut child = Command::new(SCOUTFSD)
+            .arg("--metadev")
+            .arg(&v.meta)
+            .arg("--datadev")
+            .arg(&v.data)
+            .arg("--mountpoint")
+            .arg(&v.mnt)
+            .arg("-f")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start scoutfsd");
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[scoutfsd] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + DAEMON_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("mounted on") => break,
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("scoutfsd did not report its mount: {:?}", child.wait());
+                }
+            }
+        }
+        assert!(
+            v.mounted(),
+            "scoutfsd said mounted but /proc/mounts disagrees"
+        );
+        Daemon {
+            child,
+            mnt: v.mnt.clone(),
+            log: rx,
+        }
+    }
+
+    /// Waits for the daemon to exit.
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DAEMON_WAIT;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "scoutfsd did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `umount DIR`, then waits for a clean exit.
+    pub fn unmount(mut self) {
+        umount(&self.mnt);
+        let st = self.wait();
+        assert!(st.success(), "scoutfsd exited with {st}");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn umount(dir: &Path) {
+    let st = Command::new("umount")
+        .arg(dir)
+        .status()
+        .expect("run umount");
+    assert!(st.success(), "umount {} failed: {st}", dir.display());
+}
