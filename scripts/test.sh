@@ -4,6 +4,7 @@
 #
 #   scripts/test.sh            default suite (CI): well under 45 minutes on 2 cores
 #   scripts/test.sh --long     also the long runs: more property-test operations,
+#                              lock/totl/simulation seeds, 100 kill -9 rounds,
 #                              more hostile-input rounds, and cargo-fuzz if present
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,9 @@ if [ "$long" = 1 ]; then
   export SCOUTFS_CRASH_SEEDS=${SCOUTFS_CRASH_SEEDS:-10000}
   export SCOUTFS_CRASH_CUTS=${SCOUTFS_CRASH_CUTS:-5}
   export SCOUTFS_SIM_SEEDS=${SCOUTFS_SIM_SEEDS:-10000}
+  export SCOUTFS_LOCK_SEEDS=${SCOUTFS_LOCK_SEEDS:-10000}
+  export SCOUTFS_TOTL_SEEDS=${SCOUTFS_TOTL_SEEDS:-400}
+  export SCOUTFS_KILL_ROUNDS=${SCOUTFS_KILL_ROUNDS:-100}
 fi
 
 echo "== cargo fmt --check"

@@ -11,13 +11,12 @@
 
 mod server_support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use drivers::FaultDevice;
 use engine::format::items::ROOT_INO;
-use engine::fs::{Ctx, Fs, Time};
+use engine::fs::{Ctx, Fs};
 use engine::runtime::{Runtime, Sim};
 use engine::server::{InProcessLink, Server};
 use engine::trans::{Mount, MountOptions};
@@ -33,12 +32,7 @@ const FREE_SLACK_BLOCKS: u64 = 32;
 const RECOVER_LIMIT: Duration = Duration::from_secs(120);
 
 fn ctx() -> Ctx {
-    Ctx {
-        uid: 0,
-        gid: 0,
-        umask: 0o022,
-        cap_sys_admin: true,
-    }
+    root_ctx()
 }
 
 struct Node {
@@ -55,33 +49,14 @@ async fn bring_up(meta: &FaultDevice, data: &FaultDevice, rt: &Runtime) -> Node 
         .greet()
         .await
         .expect("greeting");
-    let mount = Mount::open(
-        Arc::new(meta.clone()),
-        Arc::new(data.clone()),
-        Arc::new(InProcessLink::new(server.clone(), 1)),
-        rt.clone(),
-        1,
-        MountOptions {
-            commit_interval: Some(Duration::from_secs(2)),
-            commit_retry: None,
-            merge_interval: Some(Duration::from_secs(5)),
-            ..MountOptions::default()
-        },
-    )
-    .await
-    .expect("mount opens");
-    let mount = Arc::new(mount);
-    let clock = AtomicU64::new(100);
-    let fs = Fs::new(
-        mount.clone(),
-        mount.clone(),
-        Arc::new(data.clone()),
-        mount.fmt_vers(),
-        Box::new(move || Time {
-            sec: clock.fetch_add(1, Ordering::SeqCst),
-            nsec: 0,
-        }),
-    );
+    let link = Arc::new(InProcessLink::new(server.clone(), 1));
+    let opts = MountOptions {
+        commit_interval: Some(Duration::from_secs(2)),
+        commit_retry: None,
+        merge_interval: Some(Duration::from_secs(5)),
+        ..MountOptions::default()
+    };
+    let (mount, fs) = mount_fs(link, meta, data, rt, 1, opts).await;
     Node { server, mount, fs }
 }
 

@@ -6,23 +6,17 @@
 
 mod server_support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use engine::format::items::ROOT_INO;
-use engine::fs::{Ctx, Fs, Time};
+use engine::fs::{Ctx, Fs};
 use engine::runtime::Sim;
 use engine::server::InProcessLink;
 use engine::trans::{Mount, MountOptions};
 use server_support::*;
 
 fn ctx() -> Ctx {
-    Ctx {
-        uid: 0,
-        gid: 0,
-        umask: 0o022,
-        cap_sys_admin: true,
-    }
+    root_ctx()
 }
 
 async fn fs_on(
@@ -32,36 +26,16 @@ async fn fs_on(
     rt: &engine::runtime::Runtime,
     rid: u64,
 ) -> (Arc<Mount>, Fs) {
+    Client::new(server, meta, rt, rid)
+        .greet()
+        .await
+        .expect("greeting");
     let link = Arc::new(InProcessLink::new(server.clone(), rid));
-    let greet = Client::new(server, meta, rt, rid);
-    greet.greet().await.expect("greeting");
-    let mount = Mount::open(
-        Arc::new(meta.clone()),
-        Arc::new(data.clone()),
-        link,
-        rt.clone(),
-        rid,
-        MountOptions {
-            commit_interval: None,
-            ..MountOptions::default()
-        },
-    )
-    .await
-    .expect("mount opens");
-    let mount = Arc::new(mount);
-    let fmt = mount.fmt_vers();
-    let clock = AtomicU64::new(100);
-    let fs = Fs::new(
-        mount.clone(),
-        mount.clone(),
-        Arc::new(data.clone()),
-        fmt,
-        Box::new(move || Time {
-            sec: clock.fetch_add(1, Ordering::SeqCst),
-            nsec: 0,
-        }),
-    );
-    (mount, fs)
+    let opts = MountOptions {
+        commit_interval: None,
+        ..MountOptions::default()
+    };
+    mount_fs(link, meta, data, rt, rid, opts).await
 }
 
 #[test]

@@ -9,14 +9,13 @@ mod server_support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use drivers::FaultDevice;
 use engine::format::items::ROOT_INO;
 use engine::format::net::{Cmd, NetGreeting};
-use engine::fs::{Ctx, Fs, Time};
+use engine::fs::{Ctx, Fs};
 use engine::link::ServerLink;
 use engine::node::{NetClient, NetServer, TcpTransport, Transport};
 use engine::runtime::{Executor, Runtime, ThreadPark};
@@ -25,12 +24,7 @@ use engine::trans::{Mount, MountOptions};
 use server_support::*;
 
 fn ctx() -> Ctx {
-    Ctx {
-        uid: 0,
-        gid: 0,
-        umask: 0o022,
-        cap_sys_admin: true,
-    }
+    root_ctx()
 }
 
 fn greeting(server: &Server, rid: u64) -> NetGreeting {
@@ -64,45 +58,28 @@ async fn fs_over(
     rt: &Runtime,
     rid: u64,
 ) -> (Arc<Mount>, Fs) {
-    let mount = Mount::open(
-        Arc::new(meta.clone()),
-        Arc::new(data.clone()),
-        link,
-        rt.clone(),
-        rid,
-        MountOptions {
-            commit_interval: None,
-            ..MountOptions::default()
-        },
-    )
-    .await
-    .expect("mount opens over tcp");
-    let mount = Arc::new(mount);
-    let clock = AtomicU64::new(1000);
-    let fs = Fs::new(
-        mount.clone(),
-        mount.clone(),
-        Arc::new(data.clone()),
-        mount.fmt_vers(),
-        Box::new(move || Time {
-            sec: clock.fetch_add(1, Ordering::SeqCst),
-            nsec: 0,
-        }),
-    );
-    (mount, fs)
+    let opts = MountOptions {
+        commit_interval: None,
+        ..MountOptions::default()
+    };
+    mount_fs(link, meta, data, rt, rid, opts).await
 }
 
-fn body(i: u64) -> Vec<u8> {
-    (0..5000 + i * 37).map(|b| (b * 7 + i) as u8).collect()
+/// A fresh volume's server listening on a loopback port. A client whose
+/// state expires is fenced: no test here lets that happen.
+struct Loopback {
+    meta: FaultDevice,
+    data: FaultDevice,
+    server: Arc<Server>,
+    t: Arc<dyn Transport>,
+    ns: NetServer,
+    addr: SocketAddr,
 }
 
-#[test]
-fn mounts_work_over_tcp_through_dropped_sockets() {
-    let ex = Executor::new(Arc::new(ThreadPark::new()));
-    let rt = ex.runtime();
-    ex.block_on(async move {
-        let (meta, data) = mkfs(8 * GIB, 16 * GIB, 41);
-        let server = open(&meta, &data, &rt).await;
+impl Loopback {
+    async fn start(rt: &Runtime, seed: u64) -> Loopback {
+        let (meta, data) = mkfs(8 * GIB, 16 * GIB, seed);
+        let server = open(&meta, &data, rt).await;
         let t: Arc<dyn Transport> = Arc::new(TcpTransport::new(rt.clone()));
         let ns = NetServer::start(
             rt.clone(),
@@ -115,6 +92,28 @@ fn mounts_work_over_tcp_through_dropped_sockets() {
         .await
         .expect("listen");
         let addr = ns.local_addr();
+        Loopback {
+            meta,
+            data,
+            server,
+            t,
+            ns,
+            addr,
+        }
+    }
+}
+
+fn body(i: u64) -> Vec<u8> {
+    (0..5000 + i * 37).map(|b| (b * 7 + i) as u8).collect()
+}
+
+#[test]
+fn mounts_work_over_tcp_through_dropped_sockets() {
+    let ex = Executor::new(Arc::new(ThreadPark::new()));
+    let rt = ex.runtime();
+    ex.block_on(async move {
+        let lb = Loopback::start(&rt, 41).await;
+        let (meta, data, server, t, ns, addr) = (lb.meta, lb.data, lb.server, lb.t, lb.ns, lb.addr);
 
         let link = client(&rt, &t, greeting(&server, 11), addr);
         let (m, fs) = fs_over(link.clone(), &meta, &data, &rt, 11).await;
@@ -172,20 +171,8 @@ fn bad_greetings_and_hostile_bytes_only_cost_the_sender_its_socket() {
     let ex = Executor::new(Arc::new(ThreadPark::new()));
     let rt = ex.runtime();
     ex.block_on(async move {
-        let (meta, data) = mkfs(8 * GIB, 16 * GIB, 42);
-        let server = open(&meta, &data, &rt).await;
-        let t: Arc<dyn Transport> = Arc::new(TcpTransport::new(rt.clone()));
-        let ns = NetServer::start(
-            rt.clone(),
-            server.clone(),
-            t.clone(),
-            "127.0.0.1:0".parse().unwrap(),
-            1,
-            Box::new(|_, _| {}),
-        )
-        .await
-        .expect("listen");
-        let addr = ns.local_addr();
+        let lb = Loopback::start(&rt, 42).await;
+        let (meta, data, server, t, ns, addr) = (lb.meta, lb.data, lb.server, lb.t, lb.ns, lb.addr);
 
         // Another volume's fsid: every call fails with the server's errno.
         let mut g = greeting(&server, 21);

@@ -127,6 +127,8 @@ pub enum ServeError {
     /// Whoever started the daemon (a mount helper) went away before the
     /// mount was reported: nothing is left mounted.
     Abandoned,
+    /// Joining the volume as a quorum member failed.
+    Node(String),
 }
 
 impl std::fmt::Display for ServeError {
@@ -148,6 +150,7 @@ impl std::fmt::Display for ServeError {
             ServeError::Abandoned => {
                 write!(f, "the mount helper went away: nothing left mounted")
             }
+            ServeError::Node(m) => write!(f, "{m}"),
         }
     }
 }
@@ -164,6 +167,7 @@ struct Node {
     conn: ServerConn,
     mount: Arc<Mount>,
     fs: Arc<Fs>,
+    rt: Runtime,
 }
 
 /// Inode times are wall-clock time; the engine takes them through its
@@ -214,27 +218,31 @@ struct ServerConn {
     background: Option<JoinHandle<()>>,
     /// The in-process server, kept until after the farewell.
     server: Option<Arc<Server>>,
+    /// The networked node (quorum member), shut down after the farewell.
+    node: Option<engine::node::Node>,
 }
 
-/// How the daemon obtains its server link: today the server runs in this
-/// process ([`InProcessLink`]); a networked server (quorum, TCP) replaces
-/// only this function. Returns once the server has greeted us.
+/// How the daemon obtains its server link. With `quorum_slot_nr` the
+/// daemon is a quorum member ([`engine::node::Node`]): its agent elects a
+/// leader among the volume's slots, the elected node fences earlier
+/// leaders and serves over TCP on its slot's address, and this mount
+/// reaches whichever node serves. Without a slot the server runs inside
+/// this process (the embedded single-mount mode, docs/decisions.md).
 async fn connect_server(
     meta: Arc<dyn BlockDevice>,
     data: Arc<dyn BlockDevice>,
     rt: Runtime,
     names: &str,
+    options: &ScoutfsOptions,
 ) -> Result<ServerConn, ServeError> {
+    if let Some(slot) = options.quorum_slot_nr {
+        return connect_node(meta, data, rt, names, options, slot as u8).await;
+    }
     let server = Server::open(meta, data, rt.clone(), ServerOptions::default())
         .await
         .map_err(engine_err(format!("{names} do not hold a scoutfs volume")))?;
     // A rid of 0 means "none" in the format: draw again.
-    let rid = loop {
-        let r = rt.random_u64();
-        if r != 0 {
-            break r;
-        }
-    };
+    let rid = fresh_rid(&rt);
     let link: Arc<dyn ServerLink> = Arc::new(InProcessLink::new(server.clone(), rid));
     let (fsid, fmt_vers) = (server.fsid(), server.fmt_vers());
     greet(&*link, fsid, fmt_vers, rid)
@@ -257,6 +265,65 @@ async fn connect_server(
         fmt_vers,
         background: Some(background),
         server: Some(server),
+        node: None,
+    })
+}
+
+fn fresh_rid(rt: &Runtime) -> u64 {
+    // A rid of 0 means "none" in the format: draw again.
+    loop {
+        let r = rt.random_u64();
+        if r != 0 {
+            return r;
+        }
+    }
+}
+
+/// Starts this mount as a quorum member in `slot` and waits for the
+/// greeting of whichever node serves.
+async fn connect_node(
+    meta: Arc<dyn BlockDevice>,
+    data: Arc<dyn BlockDevice>,
+    rt: Runtime,
+    names: &str,
+    options: &ScoutfsOptions,
+    slot: u8,
+) -> Result<ServerConn, ServeError> {
+    let rid = fresh_rid(&rt);
+    let node = engine::node::Node::start(engine::node::NodeConfig {
+        meta,
+        data,
+        rt: rt.clone(),
+        transport: Arc::new(engine::node::TcpTransport::new(rt.clone())),
+        rid,
+        slot: Some(slot),
+        rid_lock_dir: engine::node::fence::RID_LOCK_DIR.into(),
+        server: ServerOptions::default(),
+        heartbeat_timeout: Some(Duration::from_millis(options.quorum_heartbeat_timeout_ms)),
+        log: Arc::new(|level, msg| {
+            if level != engine::quorum::LogLevel::Info {
+                eprintln!("scoutfsd: {msg}");
+            }
+        }),
+    })
+    .await
+    .map_err(|e| ServeError::Node(format!("{names}: {e}")))?;
+    let sb = *node.super_block();
+    let (fsid, fmt_vers) = (sb.hdr.fsid.get(), sb.fmt_vers.get());
+    let link: Arc<dyn ServerLink> = node.link();
+    // The greeting is the connection's own; this first call returns once
+    // a server has taken it.
+    link.call(Cmd::GetLastSeq, Vec::new())
+        .await
+        .map_err(engine_err("reaching the server"))?;
+    Ok(ServerConn {
+        link,
+        rid,
+        fsid,
+        fmt_vers,
+        background: None,
+        server: None,
+        node: Some(node),
     })
 }
 
@@ -266,8 +333,10 @@ async fn bring_up(
     rt: Runtime,
     opts: MountOptions,
     names: &str,
+    options: &ScoutfsOptions,
 ) -> Result<Node, ServeError> {
-    let conn = connect_server(meta.clone(), data.clone(), rt.clone(), names).await?;
+    let conn = connect_server(meta.clone(), data.clone(), rt.clone(), names, options).await?;
+    let rt2 = rt.clone();
     let mount = Mount::open(meta, data.clone(), conn.link.clone(), rt, conn.rid, opts)
         .await
         .map_err(engine_err("opening the mount"))?;
@@ -279,7 +348,12 @@ async fn bring_up(
         mount.fmt_vers(),
         Box::new(wall_clock),
     ));
-    Ok(Node { conn, mount, fs })
+    Ok(Node {
+        conn,
+        mount,
+        fs,
+        rt: rt2,
+    })
 }
 
 /// Commits what is open and says farewell (the open transaction would be
@@ -289,6 +363,7 @@ async fn shut_down(node: Node) -> Result<(), ServeError> {
         mut conn,
         mount,
         fs,
+        rt,
     } = node;
     drop(conn.background.take());
     fs.fsync().await.map_err(engine_err("final commit"))?;
@@ -299,6 +374,11 @@ async fn shut_down(node: Node) -> Result<(), ServeError> {
         .await
         .map_err(engine_err("farewell"))?;
     drop(conn.server.take());
+    if let Some(node) = conn.node.take() {
+        // The agent writes STOP and END through the engine: wait for its
+        // thread off the engine thread.
+        rt.spawn_blocking(move || node.shutdown()).await;
+    }
     Ok(())
 }
 
@@ -407,7 +487,14 @@ fn serve_mounted(
     let exec = Executor::new(Arc::new(ThreadPark::new()));
     let rt = exec.runtime();
     let names = format!("'{}' and '{}'", metadev.display(), datadev.display());
-    let node = exec.block_on(bring_up(meta, data, rt.clone(), mount_opts, &names))?;
+    let node = exec.block_on(bring_up(
+        meta,
+        data,
+        rt.clone(),
+        mount_opts,
+        &names,
+        &options,
+    ))?;
 
     // ARCHITECTURE §2.11: nothing is mounted for a helper that is gone.
     if still_wanted.as_ref().is_some_and(|wanted| !wanted()) {

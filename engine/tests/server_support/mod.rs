@@ -275,3 +275,48 @@ pub async fn log_trees_of(server: &Server, meta: &FaultDevice, rt: &Runtime) -> 
         .map(|it| LogTrees::read_from_bytes(&it.val).unwrap())
         .collect()
 }
+
+/// A caller with every privilege.
+pub fn root_ctx() -> engine::fs::Ctx {
+    engine::fs::Ctx {
+        uid: 0,
+        gid: 0,
+        umask: 0o022,
+        cap_sys_admin: true,
+    }
+}
+
+/// Opens a mount of the devices over `link` (already greeted, or greeting
+/// by itself) and the filesystem on it, with a clock that counts seconds.
+pub async fn mount_fs(
+    link: Arc<dyn ServerLink>,
+    meta: &FaultDevice,
+    data: &FaultDevice,
+    rt: &Runtime,
+    rid: u64,
+    opts: engine::trans::MountOptions,
+) -> (Arc<engine::trans::Mount>, engine::fs::Fs) {
+    let mount = engine::trans::Mount::open(
+        Arc::new(meta.clone()),
+        Arc::new(data.clone()),
+        link,
+        rt.clone(),
+        rid,
+        opts,
+    )
+    .await
+    .expect("mount opens");
+    let mount = Arc::new(mount);
+    let clock = std::sync::atomic::AtomicU64::new(100);
+    let fs = engine::fs::Fs::new(
+        mount.clone(),
+        mount.clone(),
+        Arc::new(data.clone()),
+        mount.fmt_vers(),
+        Box::new(move || engine::fs::Time {
+            sec: clock.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+            nsec: 0,
+        }),
+    );
+    (mount, fs)
+}

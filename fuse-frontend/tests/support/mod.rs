@@ -62,6 +62,17 @@ pub struct Volume {
     pub mnt: PathBuf,
 }
 
+/// A loopback port free for both TCP (the server) and UDP (the election).
+pub fn free_port() -> u16 {
+    loop {
+        let t = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = t.local_addr().expect("local addr").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 impl Volume {
     pub fn new() -> Volume {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -79,7 +90,9 @@ impl Volume {
             let m = FileDevice::open(&meta, &OpenOptions::new()).expect("open meta");
             let d = FileDevice::open(&data, &OpenOptions::new()).expect("open data");
             let mut opts = MkfsOptions::default();
-            opts.quorum_slots[0] = Some((std::net::Ipv4Addr::LOCALHOST, 12345));
+            // Mounts with quorum_slot_nr=0 serve on this address: one free
+            // port per volume, so tests running side by side don't meet.
+            opts.quorum_slots[0] = Some((std::net::Ipv4Addr::LOCALHOST, free_port()));
             format_volume(&m, &d, &opts).expect("mkfs");
         }
         Volume {
