@@ -87,6 +87,7 @@ impl Loopback {
             t.clone(),
             "127.0.0.1:0".parse().unwrap(),
             1,
+            Vec::new(),
             Box::new(|rid, why| panic!("rid {rid:#x} fenced: {why}")),
         )
         .await

@@ -31,6 +31,7 @@ use futures::channel::{mpsc, oneshot};
 use futures::StreamExt;
 
 use super::transport::{StreamReader, StreamWriter, Transport};
+use super::wire_reply;
 use crate::format::net::{Cmd, NetGreeting};
 use crate::link::{CallFuture, CallResult, ServerLink};
 use crate::net::{Action, Conn, ReqRef, SockId};
@@ -51,6 +52,21 @@ pub trait ServerRequests: Send + Sync + 'static {
     fn request(&self, cmd: Cmd, data: Vec<u8>) -> CallFuture;
 }
 
+/// Lock traffic, handed over in the order it arrived (§4.5: grants and
+/// invalidations of one lock must be processed strictly in order).
+#[derive(Debug)]
+pub enum LockInbound {
+    /// The response to a request sent with [`NetClient::send_lock_request`].
+    Grant { errno: i32, data: Vec<u8> },
+    /// A LOCK (invalidation) or LOCK_RECOVER request from the server;
+    /// answer it with [`NetClient::respond`].
+    Request {
+        req: ReqRef,
+        cmd: Cmd,
+        data: Vec<u8>,
+    },
+}
+
 /// Counters for tests and the status tree.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClientStats {
@@ -69,6 +85,9 @@ struct State {
     stats: ClientStats,
     /// Sends a wake to the connection task when the socket ends.
     lost: Option<mpsc::UnboundedSender<SockId>>,
+    /// Where lock traffic goes, and the ids of our lock requests.
+    lock_sink: Option<mpsc::UnboundedSender<LockInbound>>,
+    lock_ids: std::collections::BTreeSet<u64>,
 }
 
 struct Shared {
@@ -103,6 +122,8 @@ impl NetClient {
                 refused: None,
                 stats: ClientStats::default(),
                 lost: Some(lost_tx),
+                lock_sink: None,
+                lock_ids: std::collections::BTreeSet::new(),
             }),
             handler: Mutex::new(None),
         });
@@ -125,6 +146,32 @@ impl NetClient {
             .handler
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(handler);
+    }
+
+    /// Routes lock traffic to `sink`, in arrival order.
+    pub fn set_lock_sink(&self, sink: mpsc::UnboundedSender<LockInbound>) {
+        self.shared.lock().lock_sink = Some(sink);
+    }
+
+    /// Sends a LOCK request whose response goes to the lock sink.
+    pub fn send_lock_request(&self, payload: Vec<u8>) -> Result<(), i32> {
+        let mut st = self.shared.lock();
+        if let Some(e) = st.refused {
+            return Err(e);
+        }
+        let mut out = Vec::new();
+        let id = st.conn.request(Cmd::Lock, payload, &mut out);
+        st.lock_ids.insert(id);
+        self.shared.apply(&mut st, out);
+        Ok(())
+    }
+
+    /// Answers a server request delivered to the lock sink.
+    pub fn respond(&self, req: ReqRef, errno: i32, payload: Vec<u8>) {
+        let mut out = Vec::new();
+        let mut st = self.shared.lock();
+        st.conn.respond(req, errno, payload, &mut out);
+        self.shared.apply(&mut st, out);
     }
 
     /// Sets the FAREWELL flag of later greetings (an unmount in progress:
@@ -221,11 +268,20 @@ impl Shared {
                 Action::Response {
                     id, errno, data, ..
                 } => {
-                    if let Some(tx) = st.calls.remove(&id) {
+                    if st.lock_ids.remove(&id) {
+                        if let Some(sink) = &st.lock_sink {
+                            let _ = sink.unbounded_send(LockInbound::Grant { errno, data });
+                        }
+                    } else if let Some(tx) = st.calls.remove(&id) {
                         let _ = tx.send(if errno == 0 { Ok(data) } else { Err(errno) });
                     }
                 }
-                Action::Request { req, cmd, data, .. } => self.serve_request(req, cmd, data),
+                Action::Request { req, cmd, data, .. } => match (&st.lock_sink, cmd) {
+                    (Some(sink), Cmd::Lock | Cmd::LockRecover) => {
+                        let _ = sink.unbounded_send(LockInbound::Request { req, cmd, data });
+                    }
+                    _ => self.serve_request(req, cmd, data),
+                },
                 Action::Greeted { .. } => st.stats.greetings += 1,
                 Action::GreetingFailed { errno } => {
                     let e = if errno == 0 { libc::EIO } else { errno };
@@ -259,10 +315,7 @@ impl Shared {
                 let Some(me) = weak.upgrade() else {
                     return;
                 };
-                let (errno, payload) = match res {
-                    Ok(p) => (0, p),
-                    Err(e) => (e, Vec::new()),
-                };
+                let (errno, payload) = wire_reply(res);
                 let mut out = Vec::new();
                 let mut st = me.lock();
                 st.conn.respond(req, errno, payload, &mut out);

@@ -134,12 +134,15 @@ impl Host {
             let server =
                 Server::open(self.meta.clone(), self.data.clone(), self.rt.clone(), opts).await?;
             let log = self.log.clone();
+            let mut recovering = server.mounted_rids().await?;
+            recovering.retain(|&r| r != self.rid);
             let net = NetServer::start(
                 self.rt.clone(),
                 server.clone(),
                 self.transport.clone(),
                 self.listen,
                 term,
+                recovering,
                 Box::new(move |rid, why| {
                     log(
                         LogLevel::Warn,
@@ -235,7 +238,12 @@ impl Host {
 
     async fn reclaim(&self, server: &Server, rid: u64) {
         match server.reclaim_rid(rid).await {
-            Ok(()) => (self.log)(LogLevel::Info, &format!("reclaimed rid {rid:016x}")),
+            Ok(()) => {
+                if let Some(r) = self.lock().as_ref() {
+                    r.net.client_gone(rid);
+                }
+                (self.log)(LogLevel::Info, &format!("reclaimed rid {rid:016x}"))
+            }
             Err(e) => (self.log)(
                 LogLevel::Error,
                 &format!("reclaiming rid {rid:016x} failed: errno {e}"),

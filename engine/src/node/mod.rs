@@ -9,11 +9,13 @@
 //! * [`serve`]: the server answering mounts.
 //! * [`quorum`]: the election agent's thread (UDP and quorum blocks).
 //! * [`fence`]: the local fence action (a flock per rid).
+//! * [`locks`]: a mount's cluster locks over its connection.
 //! * [`member`]: a whole node: agent, the server it starts when elected,
 //!   and its mount's link.
 
 pub mod client;
 pub mod fence;
+pub mod locks;
 pub mod member;
 pub mod quorum;
 pub mod serve;
@@ -23,3 +25,11 @@ pub use client::{NetClient, ServerRequests};
 pub use member::{Node, NodeConfig, NodeStatus};
 pub use serve::NetServer;
 pub use transport::{TcpTransport, Transport};
+
+/// A handler's result as a response frame carries it: (errno, payload).
+pub(crate) fn wire_reply(res: crate::link::CallResult) -> (i32, Vec<u8>) {
+    match res {
+        Ok(p) => (0, p),
+        Err(e) => (e, Vec::new()),
+    }
+}

@@ -23,12 +23,18 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures::channel::mpsc;
+use futures::StreamExt;
 use zerocopy::IntoBytes;
 
 use super::client::write_loop;
 use super::transport::{Listener, StreamReader, Transport};
+use super::wire_reply;
 use crate::format::net::Cmd;
-use crate::net::{check_greeting, Action, GreetingKind, ServerNet, SockId};
+use crate::lock::wire::{decode_lock, decode_recover_reply, encode_lock, encode_recover_request};
+use crate::lock::{
+    LockServer, ServerAction, ServerEvent, FENCE_REASON_CLIENT_RECOVERY, LOCK_RECOVERY_TIMEOUT,
+};
+use crate::net::{check_greeting, Action, GreetingKind, ReqRef, ServerNet, SockId};
 use crate::runtime::{JoinHandle, Runtime};
 use crate::server::Server;
 
@@ -50,6 +56,9 @@ pub struct ServeStats {
 
 struct State {
     net: ServerNet,
+    /// Farewell requests waiting for the lock server (a client in lock
+    /// recovery is answered only once it has recovered).
+    farewells: BTreeMap<u64, ReqRef>,
     writers: BTreeMap<SockId, mpsc::UnboundedSender<Vec<u8>>>,
     next_sock: u64,
     stats: ServeStats,
@@ -60,7 +69,12 @@ struct Shared {
     server: Arc<Server>,
     st: Mutex<State>,
     fence: FenceHook,
+    /// Lock events, handled in receive order by one task (§4.5: per-lock
+    /// order is everything).
+    locks: mpsc::UnboundedSender<LockEvent>,
 }
+
+type LockEvent = ServerEvent<ReqRef>;
 
 /// A server listening for mounts.
 pub struct NetServer {
@@ -71,32 +85,52 @@ pub struct NetServer {
 
 impl NetServer {
     /// Listens on `addr` and serves `server` (whose term names this
-    /// server instance in greetings).
+    /// server instance in greetings). `recovering`: the mounts recorded in
+    /// the super, whose locks the lock server recovers from their reports
+    /// (§4.6) before granting anything they could conflict with.
     pub async fn start(
         rt: Runtime,
         server: Arc<Server>,
         transport: Arc<dyn Transport>,
         addr: SocketAddr,
         term: u64,
+        recovering: Vec<u64>,
         fence: FenceHook,
     ) -> std::io::Result<NetServer> {
         let listener = transport.listen(addr).await?;
         let local = listener.local_addr();
+        let (locks_tx, locks_rx) = mpsc::unbounded();
         let shared = Arc::new(Shared {
             rt: rt.clone(),
             server,
             st: Mutex::new(State {
                 net: ServerNet::new(term),
+                farewells: BTreeMap::new(),
                 writers: BTreeMap::new(),
                 next_sock: 1,
                 stats: ServeStats::default(),
             }),
             fence,
+            locks: locks_tx,
         });
-        let tasks = vec![
+        let lock_server = if recovering.is_empty() {
+            LockServer::new()
+        } else {
+            LockServer::recovering(recovering)
+        };
+        let mut tasks = vec![
             rt.spawn(accept_loop(Arc::downgrade(&shared), listener)),
             rt.spawn(tick_loop(Arc::downgrade(&shared))),
+            rt.spawn(lock_loop(Arc::downgrade(&shared), lock_server, locks_rx)),
         ];
+        let weak = Arc::downgrade(&shared);
+        let rt2 = rt.clone();
+        tasks.push(rt.spawn(async move {
+            rt2.sleep(LOCK_RECOVERY_TIMEOUT).await;
+            if let Some(s) = weak.upgrade() {
+                let _ = s.locks.unbounded_send(ServerEvent::RecoveryTimedOut);
+            }
+        }));
         Ok(NetServer {
             shared,
             local,
@@ -116,6 +150,15 @@ impl NetServer {
     /// Rids with connection state (connected or waiting to reconnect).
     pub fn rids(&self) -> Vec<u64> {
         self.shared.lock().net.rids().collect()
+    }
+
+    /// The mount `rid` is gone for good (fenced and reclaimed): the lock
+    /// server drops what it held.
+    pub fn client_gone(&self, rid: u64) {
+        let _ = self
+            .shared
+            .locks
+            .unbounded_send(ServerEvent::ClientGone { rid });
     }
 
     /// Drops every client socket as if the network failed (tests).
@@ -171,34 +214,123 @@ impl Shared {
                     data,
                 } => {
                     st.stats.requests += 1;
-                    let me = self.clone();
-                    self.rt
-                        .spawn(async move {
-                            let res = me.server.handle(rid, cmd, &data).await;
-                            let (errno, payload) = match res {
-                                Ok(p) => (0, p),
-                                Err(e) => (e, Vec::new()),
-                            };
-                            let mut out = Vec::new();
-                            let mut st = me.lock();
-                            st.net.respond(rid, req, errno, payload, &mut out);
-                            me.apply(&mut st, out);
-                        })
-                        .detach();
+                    match cmd {
+                        Cmd::Lock => match decode_lock(&data) {
+                            Ok(nl) => self.lock_event(ServerEvent::Request {
+                                rid,
+                                token: req,
+                                nl,
+                            }),
+                            Err(_) => {
+                                let mut more = Vec::new();
+                                st.net
+                                    .respond(rid, req, libc::EINVAL, Vec::new(), &mut more);
+                                self.apply(st, more);
+                            }
+                        },
+                        Cmd::Farewell => {
+                            // Answered once the lock server lets the mount go.
+                            st.farewells.insert(rid, req);
+                            self.lock_event(ServerEvent::Farewell { rid });
+                        }
+                        _ => self.run_handler(rid, req, cmd, data),
+                    }
+                }
+                Action::Response {
+                    rid,
+                    cmd,
+                    errno,
+                    data,
+                    ..
+                } => {
+                    // Answers to our invalidation and recovery requests.
+                    let ev = match (cmd, errno) {
+                        (Cmd::Lock, 0) => decode_lock(&data)
+                            .ok()
+                            .map(|nl| ServerEvent::InvalidateReply { rid, nl }),
+                        (Cmd::LockRecover, 0) => decode_recover_reply(&data)
+                            .ok()
+                            .map(|locks| ServerEvent::RecoverReply { rid, locks }),
+                        _ => None,
+                    };
+                    match ev {
+                        Some(ev) => self.lock_event(ev),
+                        // A failed or garbled answer: the client's
+                        // connection is no longer trusted.
+                        None if errno != libc::ENOTCONN => {
+                            let mut more = Vec::new();
+                            st.net.disconnect(rid, self.rt.now(), &mut more);
+                            self.apply(st, more);
+                        }
+                        None => {}
+                    }
                 }
                 Action::Fence { rid, reason } => {
                     st.stats.fenced += 1;
                     (self.fence)(rid, reason);
                 }
-                // Responses to server→client requests come with the lock
-                // service; timers are polled by the tick task.
-                Action::Response { .. }
-                | Action::Timer { .. }
+                // Timers are polled by the tick task.
+                Action::Timer { .. }
                 | Action::Forget { .. }
                 | Action::Greeted { .. }
                 | Action::GreetingFailed { .. } => {}
             }
         }
+    }
+
+    fn lock_event(&self, ev: LockEvent) {
+        let _ = self.locks.unbounded_send(ev);
+    }
+
+    /// Runs one request's handler as its own task and answers it.
+    fn run_handler(self: &Arc<Self>, rid: u64, req: ReqRef, cmd: Cmd, data: Vec<u8>) {
+        let me = self.clone();
+        self.rt
+            .spawn(async move {
+                let res = me.server.handle(rid, cmd, &data).await;
+                let (errno, payload) = wire_reply(res);
+                let mut out = Vec::new();
+                let mut st = me.lock();
+                st.net.respond(rid, req, errno, payload, &mut out);
+                me.apply(&mut st, out);
+            })
+            .detach();
+    }
+
+    /// Carries out the lock server's actions.
+    fn apply_locks(self: &Arc<Self>, st: &mut State, actions: Vec<ServerAction<ReqRef>>) {
+        let mut out = Vec::new();
+        for a in actions {
+            match a {
+                ServerAction::Grant { rid, token, nl } => {
+                    st.net.respond(rid, token, 0, encode_lock(&nl), &mut out);
+                }
+                ServerAction::Invalidate { rid, nl } => {
+                    st.net.request(rid, Cmd::Lock, encode_lock(&nl), &mut out);
+                }
+                ServerAction::Recover { rid, key } => {
+                    st.net.request(
+                        rid,
+                        Cmd::LockRecover,
+                        encode_recover_request(&key),
+                        &mut out,
+                    );
+                }
+                ServerAction::Fence { rid } => {
+                    st.stats.fenced += 1;
+                    (self.fence)(rid, FENCE_REASON_CLIENT_RECOVERY);
+                }
+                ServerAction::FarewellReady { rid } => {
+                    if let Some(req) = st.farewells.remove(&rid) {
+                        self.run_handler(rid, req, Cmd::Farewell, Vec::new());
+                    }
+                }
+                ServerAction::BadMessage { rid, .. } => {
+                    st.net.disconnect(rid, self.rt.now(), &mut out);
+                }
+            }
+        }
+        self.apply(st, out);
     }
 
     async fn decide_greeting(self: Arc<Self>, sock: SockId, g: crate::format::net::NetGreeting) {
@@ -219,7 +351,13 @@ impl Shared {
         match verdict {
             Ok(()) => {
                 st.stats.greetings += 1;
-                st.net.accept_greeting(sock, &mut out);
+                let kind = st.net.accept_greeting(sock, &mut out);
+                if matches!(
+                    kind,
+                    Some(GreetingKind::FirstContact | GreetingKind::FarewellWithoutState)
+                ) {
+                    self.lock_event(ServerEvent::Greeted { rid });
+                }
             }
             Err(e) => {
                 st.stats.refused += 1;
@@ -227,6 +365,24 @@ impl Shared {
             }
         }
         self.apply(&mut st, out);
+    }
+}
+
+async fn lock_loop(
+    weak: Weak<Shared>,
+    mut locks: LockServer<ReqRef>,
+    mut rx: mpsc::UnboundedReceiver<LockEvent>,
+) {
+    while let Some(ev) = rx.next().await {
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let actions = shared
+            .server
+            .with_core_seq(|seq| locks.handle(seq, ev))
+            .await;
+        let mut st = shared.lock();
+        shared.apply_locks(&mut st, actions);
     }
 }
 

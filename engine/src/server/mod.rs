@@ -325,6 +325,14 @@ impl Server {
         self.state.lock().await.core_seq
     }
 
+    /// Runs `f` on the core seq, under the commit lock: the lock server
+    /// raises it for write grants so that lock write_seqs and item seqs
+    /// come from one counter (§2.1, §4.3). It never goes backwards.
+    pub async fn with_core_seq<R>(&self, f: impl FnOnce(&mut u64) -> R) -> R {
+        let mut st = self.state.lock().await;
+        f(&mut st.core_seq)
+    }
+
     /// Nonzero (an errno) once the server stopped after a failed commit.
     pub fn stopped(&self) -> i32 {
         self.stopped.load(Ordering::Acquire)
