@@ -56,7 +56,8 @@ pub const FENCE_REASON_CLIENT_RECOVERY: &str = "client_recovery";
 pub enum ServerEvent<T> {
     /// A client's first contact with this server (any greeting that is not a
     /// same-term reconnect). Messages from rids that haven't greeted are
-    /// ignored.
+    /// ignored. For a rid still owing recovery, each one asks for its
+    /// LOCK_RECOVER report from the start.
     Greeted { rid: u64 },
     /// A LOCK request: the client wants `nl.new_mode` on `nl.key`.
     Request { rid: u64, token: T, nl: NetLock },
@@ -144,7 +145,7 @@ impl<T> Node<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Recovery {
     Done,
-    Pending { asked: bool, fence_sent: bool },
+    Pending { fence_sent: bool },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -187,10 +188,7 @@ impl<T: Clone> LockServer<T> {
     pub fn recovering(rids: impl IntoIterator<Item = u64>) -> Self {
         let mut s = Self::new();
         for rid in rids {
-            let pending = Recovery::Pending {
-                asked: false,
-                fence_sent: false,
-            };
+            let pending = Recovery::Pending { fence_sent: false };
             if s.clients
                 .insert(
                     rid,
@@ -278,11 +276,16 @@ impl<T: Clone> LockServer<T> {
             recovery: Recovery::Done,
             farewell: false,
         });
-        if let Recovery::Pending { asked, .. } = &mut c.recovery {
-            if !*asked {
-                *asked = true;
-                out.push(ServerAction::Recover { rid, key: Key::MIN });
-            }
+        if matches!(c.recovery, Recovery::Pending { .. }) {
+            // Every greeting of a rid still owing recovery asks from the
+            // start, even if an earlier one already asked (found by
+            // lock_net_sim, seed 5): a second first-contact greeting means
+            // the client never saw our greeting reply, so it never saw the
+            // LOCK_RECOVER queued behind it either, and the net layer has
+            // discarded that connection state with the request in it.
+            // Asking only once left the mount to be fenced at the recovery
+            // timeout. Restarting is harmless: reports overwrite grants.
+            out.push(ServerAction::Recover { rid, key: Key::MIN });
         }
     }
 
