@@ -29,3 +29,16 @@ fi
 if ! command -v pjdfstest >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/pjdfstest" ]; then
   cargo install --locked pjdfstest@0.2.2
 fi
+
+# Data integrity tests through a mount (fuse-frontend/tests/fio.rs, fsx.rs;
+# TESTING.md §2): fio from Debian, fsx-rs (~60 s to build, kept in
+# ~/.cargo/bin).
+if ! command -v fio >/dev/null; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get -o DPkg::Lock::Timeout=600 update -q
+  $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -q fio
+fi
+if ! command -v fsx >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/fsx" ]; then
+  cargo install --locked fsx@0.3.2
+fi

@@ -42,6 +42,16 @@ pub fn fuse_unavailable() -> Option<String> {
     None
 }
 
+/// tmpfs for image files when the machine has it, else the temp dir.
+pub fn fast_dir() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 /// Prints why the test is skipped; true when it must return.
 pub fn skip_without_fuse(test: &str) -> bool {
     match fuse_unavailable() {
@@ -75,14 +85,28 @@ pub fn free_port() -> u16 {
 
 impl Volume {
     pub fn new() -> Volume {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Volume::new_in(&std::env::temp_dir())
+    }
+
+    /// A volume of the default sizes whose images live under `parent`.
+    pub fn new_in(parent: &Path) -> Volume {
+        Volume::new_sized(parent, META_BYTES, DATA_BYTES)
+    }
+
+    /// A volume of the given device sizes under `parent`. Tests that
+    /// commit often put small images on tmpfs ([`fast_dir`]), where a
+    /// device flush costs nothing; they must stay small there: the
+    /// allocators move on through the whole device as commits go by (COW),
+    /// so a sparse image ends up using all of its size in memory.
+    pub fn new_sized(parent: &Path, meta_bytes: u64, data_bytes: u64) -> Volume {
+        let dir = tempfile::tempdir_in(parent).expect("tempdir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod tempdir");
         let meta = dir.path().join("meta.img");
         let data = dir.path().join("data.img");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).expect("mount point");
-        for (p, size) in [(&meta, META_BYTES), (&data, DATA_BYTES)] {
+        for (p, size) in [(&meta, meta_bytes), (&data, data_bytes)] {
             let f = std::fs::File::create(p).expect("image file");
             f.set_len(size).expect("sparse size");
         }
@@ -229,4 +253,86 @@ pub fn umount(dir: &Path) {
         .status()
         .expect("run umount");
     assert!(st.success(), "umount {} failed: {st}", dir.display());
+}
+
+/// A test tool: `$env` if set, else `name` in PATH, else
+/// `$CARGO_HOME/bin/name` (where `cargo install` puts it).
+pub fn find_tool(name: &str, env: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    dirs.extend(cargo_home.map(|h| h.join("bin")));
+    dirs.into_iter().map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// A positive count from the environment, else `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+/// setxattr(2) of `name` on `path`.
+pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    let n = std::ffi::CString::new(name).expect("name");
+    // SAFETY: valid NUL-terminated strings and a value buffer of its length.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// getxattr(2) of `name` on `path`.
+pub fn get_xattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    let n = std::ffi::CString::new(name).expect("name");
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: valid NUL-terminated strings and a buffer of the given size.
+    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+/// Decompresses a `.zst` file with the `zstd` tool (sparse output: the
+/// vectors' images are mostly zeroes).
+pub fn unzstd(src: &Path, dst: &Path) -> Result<(), String> {
+    let out = Command::new("zstd")
+        .args(["-d", "-q", "-f", "--sparse", "-o"])
+        .arg(dst)
+        .arg(src)
+        .output()
+        .map_err(|e| format!("cannot run zstd: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "zstd -d {} failed: {}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
