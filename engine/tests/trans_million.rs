@@ -37,11 +37,11 @@ use engine::format::net::{Cmd, NetStatfs};
 use engine::format::Key;
 use engine::item::{Items, Transactions};
 use engine::runtime::{Runtime, Sim};
-use engine::server::{InProcessLink, Server, ServerOptions};
-use engine::trans::{Mount, MountOptions};
+use engine::server::{Server, ServerOptions};
+use engine::trans::Mount;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use server_support::{check, log_trees_of, mkfs, Client, GIB};
+use server_support::{check, log_trees_of, mkfs, GIB};
 use zerocopy::FromBytes;
 
 const META: u64 = 2 * GIB;
@@ -84,25 +84,7 @@ async fn mount_on(
     rid: u64,
     merge_interval: Option<Duration>,
 ) -> Mount {
-    Client::new(server, meta, rt, rid)
-        .greet()
-        .await
-        .expect("greeting");
-    Mount::open(
-        Arc::new(meta.clone()),
-        Arc::new(data.clone()),
-        Arc::new(InProcessLink::new(server.clone(), rid)),
-        rt.clone(),
-        rid,
-        MountOptions {
-            commit_interval: None,
-            commit_retry: None,
-            merge_interval,
-            ..MountOptions::default()
-        },
-    )
-    .await
-    .expect("mount opens")
+    server_support::mount_in_process(server, meta, data, rt, rid, merge_interval).await
 }
 
 async fn used_meta_blocks(s: &Server, rid: u64) -> u64 {

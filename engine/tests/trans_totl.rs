@@ -19,11 +19,11 @@ use engine::format::items::{totl_key, TotlValue};
 use engine::format::log_trees::LOG_TREES_FLAG_FINALIZED;
 use engine::item::{Items, Transactions};
 use engine::runtime::{Runtime, Sim};
-use engine::server::{InProcessLink, Server, ServerOptions};
-use engine::trans::{Mount, MountOptions};
+use engine::server::{Server, ServerOptions};
+use engine::trans::Mount;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use server_support::{assert_clean, log_trees_of, mkfs, Client, GIB};
+use server_support::{assert_clean, log_trees_of, mkfs, GIB};
 use zerocopy::{FromBytes, IntoBytes};
 
 const KEYS: u64 = 6;
@@ -37,25 +37,7 @@ async fn mount_on(
     rt: &Runtime,
     rid: u64,
 ) -> Mount {
-    Client::new(server, meta, rt, rid)
-        .greet()
-        .await
-        .expect("greeting");
-    Mount::open(
-        Arc::new(meta.clone()),
-        Arc::new(data.clone()),
-        Arc::new(InProcessLink::new(server.clone(), rid)),
-        rt.clone(),
-        rid,
-        MountOptions {
-            commit_interval: None,
-            commit_retry: None,
-            merge_interval: None,
-            ..MountOptions::default()
-        },
-    )
-    .await
-    .expect("mount opens")
+    server_support::mount_in_process(server, meta, data, rt, rid, None).await
 }
 
 fn delta(total: u64, count: u64) -> Vec<u8> {

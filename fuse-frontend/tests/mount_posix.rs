@@ -23,45 +23,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{mount_entry, skip_without_fuse, Daemon, Volume, DAEMON_WAIT, SCOUTFSD};
+use support::{
+    get_xattr, mount_entry, set_xattr, skip_without_fuse, Daemon, Volume, DAEMON_WAIT, SCOUTFSD,
+};
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| seed.wrapping_add((i % 251) as u8))
         .collect()
-}
-
-fn setxattr(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
-    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    // SAFETY: valid NUL-terminated strings and a value buffer of its length.
-    let r = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-fn getxattr(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
-    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
-    let n = CString::new(name).unwrap();
-    let mut buf = vec![0u8; 65536];
-    // SAFETY: valid NUL-terminated strings and a buffer of the given size.
-    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(r as usize);
-    Ok(buf)
 }
 
 fn listxattr(path: &Path) -> Vec<String> {
@@ -188,14 +157,14 @@ fn populate(m: &Path) {
     drop(open);
 
     // Xattrs: set, get, list, remove, errors.
-    setxattr(&m.join("moved"), "user.color", b"blue").unwrap();
-    setxattr(&m.join("moved"), "user.big", &[9u8; 5000]).unwrap();
-    assert_eq!(getxattr(&m.join("moved"), "user.color").unwrap(), b"blue");
+    set_xattr(&m.join("moved"), "user.color", b"blue").unwrap();
+    set_xattr(&m.join("moved"), "user.big", &[9u8; 5000]).unwrap();
+    assert_eq!(get_xattr(&m.join("moved"), "user.color").unwrap(), b"blue");
     let mut l = listxattr(&m.join("moved"));
     l.sort();
     assert_eq!(l, vec!["user.big".to_string(), "user.color".to_string()]);
     assert_eq!(
-        getxattr(&m.join("moved"), "user.none")
+        get_xattr(&m.join("moved"), "user.none")
             .unwrap_err()
             .raw_os_error(),
         Some(libc::ENODATA)
@@ -252,7 +221,7 @@ fn verify(m: &Path) {
     );
     assert_eq!(fs::read_link(m.join("sym")).unwrap(), Path::new("dir/big"));
     assert_eq!(
-        getxattr(&m.join("moved"), "user.big").unwrap(),
+        get_xattr(&m.join("moved"), "user.big").unwrap(),
         vec![9u8; 5000]
     );
     assert_eq!(

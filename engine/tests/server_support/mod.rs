@@ -320,3 +320,35 @@ pub async fn mount_fs(
     );
     (mount, fs)
 }
+
+/// Greets `server` as `rid` and opens a mount over an in-process link with
+/// no commit timer and no retries (tests sync and merge by hand); the
+/// merge worker runs every `merge_interval` if given.
+pub async fn mount_in_process(
+    server: &Arc<Server>,
+    meta: &FaultDevice,
+    data: &FaultDevice,
+    rt: &Runtime,
+    rid: u64,
+    merge_interval: Option<std::time::Duration>,
+) -> engine::trans::Mount {
+    Client::new(server, meta, rt, rid)
+        .greet()
+        .await
+        .expect("greeting");
+    engine::trans::Mount::open(
+        Arc::new(meta.clone()),
+        Arc::new(data.clone()),
+        Arc::new(InProcessLink::new(server.clone(), rid)),
+        rt.clone(),
+        rid,
+        engine::trans::MountOptions {
+            commit_interval: None,
+            commit_retry: None,
+            merge_interval,
+            ..engine::trans::MountOptions::default()
+        },
+    )
+    .await
+    .expect("mount opens")
+}
