@@ -39,9 +39,12 @@ use zerocopy::IntoBytes;
 use crate::bridge::Bridge;
 use crate::control::{self, Control, Identity};
 use crate::filesystem::{FuseOptions, ScoutFuse};
+use crate::notify::Notifier;
 use crate::options::ScoutfsOptions;
 use crate::session::{self, MountSpec, Workers};
 use crate::signals::SignalWatch;
+use engine::lock::LockClientConfig;
+use engine::node::fs_locks::{ClusterFsLocks, KernelSlot};
 
 /// FUSE worker threads by default: enough to keep requests in flight on a
 /// small machine without a thread per CPU.
@@ -168,6 +171,9 @@ struct Node {
     mount: Arc<Mount>,
     fs: Arc<Fs>,
     rt: Runtime,
+    /// Where the kernel revocations go once FUSE is mounted (cluster
+    /// mounts only).
+    kernel: Option<KernelSlot>,
 }
 
 /// Inode times are wall-clock time; the engine takes them through its
@@ -184,13 +190,47 @@ fn wall_clock() -> Time {
 }
 
 fn open_device(path: &Path) -> Result<Arc<dyn BlockDevice>, ServeError> {
-    let dev = FileDevice::open(path, &OpenOptions::new().exclusive(true)).map_err(|source| {
-        ServeError::Device {
-            path: path.to_path_buf(),
-            source,
-        }
+    let dev = FileDevice::open(path, &OpenOptions::new()).map_err(|source| ServeError::Device {
+        path: path.to_path_buf(),
+        source,
     })?;
     Ok(Arc::new(dev))
+}
+
+/// How this daemon uses its devices: alone (the embedded server) or shared
+/// with the other mounts of a cluster. The claim is an flock on each
+/// device, exclusive or shared, held for the daemon's life: an embedded
+/// daemon and cluster daemons on one host refuse each other (EBUSY)
+/// instead of running two servers on one volume.
+struct DeviceClaim {
+    _files: Vec<std::fs::File>,
+}
+
+fn claim_devices(paths: &[&Path], exclusive: bool) -> Result<DeviceClaim, ServeError> {
+    use std::os::fd::AsRawFd;
+    let mut files = Vec::new();
+    for path in paths {
+        let dev_err = |source: io::Error| ServeError::Device {
+            path: path.to_path_buf(),
+            source,
+        };
+        let f = std::fs::File::open(path).map_err(dev_err)?;
+        let how = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        if unsafe { libc::flock(f.as_raw_fd(), how | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(dev_err(match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => io::Error::from_raw_os_error(libc::EBUSY),
+                _ => e,
+            }));
+        }
+        files.push(f);
+    }
+    Ok(DeviceClaim { _files: files })
 }
 
 async fn greet(link: &dyn ServerLink, fsid: u64, fmt_vers: u64, rid: u64) -> Result<(), i32> {
@@ -220,6 +260,8 @@ struct ServerConn {
     server: Option<Arc<Server>>,
     /// The networked node (quorum member), shut down after the farewell.
     node: Option<engine::node::Node>,
+    /// The flocks on the devices.
+    _claim: DeviceClaim,
 }
 
 /// How the daemon obtains its server link. With `quorum_slot_nr` the
@@ -234,10 +276,20 @@ async fn connect_server(
     rt: Runtime,
     names: &str,
     options: &ScoutfsOptions,
+    paths: &[&Path],
 ) -> Result<ServerConn, ServeError> {
-    if let Some(slot) = options.quorum_slot_nr {
-        return connect_node(meta, data, rt, names, options, slot as u8).await;
+    // Without a slot: a client of the cluster when the quorum blocks name
+    // a server, else the embedded single-mount server (docs/decisions.md).
+    let slot = options.quorum_slot_nr.map(|s| s as u8);
+    let clustered = slot.is_some()
+        || engine::node::member::server_recorded(&meta)
+            .await
+            .map_err(engine_err(format!("{names} do not hold a scoutfs volume")))?;
+    if clustered {
+        let claim = claim_devices(paths, false)?;
+        return connect_node(meta, data, rt, names, options, slot, claim).await;
     }
+    let claim = claim_devices(paths, true)?;
     let server = Server::open(meta, data, rt.clone(), ServerOptions::default())
         .await
         .map_err(engine_err(format!("{names} do not hold a scoutfs volume")))?;
@@ -266,6 +318,7 @@ async fn connect_server(
         background: Some(background),
         server: Some(server),
         node: None,
+        _claim: claim,
     })
 }
 
@@ -279,15 +332,16 @@ fn fresh_rid(rt: &Runtime) -> u64 {
     }
 }
 
-/// Starts this mount as a quorum member in `slot` and waits for the
-/// greeting of whichever node serves.
+/// Starts this mount as a node (a quorum member in `slot`, or a client
+/// only) and waits for the greeting of whichever node serves.
 async fn connect_node(
     meta: Arc<dyn BlockDevice>,
     data: Arc<dyn BlockDevice>,
     rt: Runtime,
     names: &str,
     options: &ScoutfsOptions,
-    slot: u8,
+    slot: Option<u8>,
+    claim: DeviceClaim,
 ) -> Result<ServerConn, ServeError> {
     let rid = fresh_rid(&rt);
     let node = engine::node::Node::start(engine::node::NodeConfig {
@@ -296,7 +350,7 @@ async fn connect_node(
         rt: rt.clone(),
         transport: Arc::new(engine::node::TcpTransport::new(rt.clone())),
         rid,
-        slot: Some(slot),
+        slot,
         rid_lock_dir: engine::node::fence::RID_LOCK_DIR.into(),
         server: ServerOptions::default(),
         heartbeat_timeout: Some(Duration::from_millis(options.quorum_heartbeat_timeout_ms)),
@@ -324,6 +378,7 @@ async fn connect_node(
         background: None,
         server: None,
         node: Some(node),
+        _claim: claim,
     })
 }
 
@@ -334,25 +389,63 @@ async fn bring_up(
     opts: MountOptions,
     names: &str,
     options: &ScoutfsOptions,
+    paths: &[&Path],
 ) -> Result<Node, ServeError> {
-    let conn = connect_server(meta.clone(), data.clone(), rt.clone(), names, options).await?;
+    let conn = connect_server(
+        meta.clone(),
+        data.clone(),
+        rt.clone(),
+        names,
+        options,
+        paths,
+    )
+    .await?;
     let rt2 = rt.clone();
-    let mount = Mount::open(meta, data.clone(), conn.link.clone(), rt, conn.rid, opts)
-        .await
-        .map_err(engine_err("opening the mount"))?;
+    let mount = Mount::open(
+        meta,
+        data.clone(),
+        conn.link.clone(),
+        rt.clone(),
+        conn.rid,
+        opts,
+    )
+    .await
+    .map_err(engine_err("opening the mount"))?;
     let mount = Arc::new(mount);
-    let fs = Arc::new(Fs::new(
-        mount.clone(),
-        mount.clone(),
-        data,
-        mount.fmt_vers(),
-        Box::new(wall_clock),
-    ));
+    let (fs, kernel) = match &conn.node {
+        Some(node) => {
+            let kernel = KernelSlot::default();
+            let cfg = LockClientConfig {
+                lock_idle_count: options.lock_idle_count as usize,
+            };
+            let locks = ClusterFsLocks::start(rt, node.link(), &mount, cfg, kernel.clone());
+            let fs = Fs::with_locks(
+                mount.clone(),
+                mount.clone(),
+                data,
+                mount.fmt_vers(),
+                Box::new(wall_clock),
+                Arc::new(locks),
+            );
+            (fs, Some(kernel))
+        }
+        None => {
+            let fs = Fs::new(
+                mount.clone(),
+                mount.clone(),
+                data,
+                mount.fmt_vers(),
+                Box::new(wall_clock),
+            );
+            (fs, None)
+        }
+    };
     Ok(Node {
         conn,
         mount,
-        fs,
+        fs: Arc::new(fs),
         rt: rt2,
+        kernel,
     })
 }
 
@@ -364,6 +457,7 @@ async fn shut_down(node: Node) -> Result<(), ServeError> {
         mount,
         fs,
         rt,
+        kernel: _,
     } = node;
     drop(conn.background.take());
     fs.fsync().await.map_err(engine_err("final commit"))?;
@@ -494,6 +588,7 @@ fn serve_mounted(
         mount_opts,
         &names,
         &options,
+        &[metadev.as_path(), datadev.as_path()],
     ))?;
 
     // ARCHITECTURE §2.11: nothing is mounted for a helper that is gone.
@@ -527,6 +622,22 @@ fn serve_mounted(
         bridge.clone(),
         fuse,
     );
+    if let Some(slot) = &node.kernel {
+        match session.get_fuse_file().map(|f| f.try_clone()) {
+            Some(Ok(dev)) => {
+                let notifier = Arc::new(Notifier::new(dev, frontend.lookup_table()));
+                let nrt = rt.clone();
+                slot.set(Arc::new(move |range, kept| {
+                    let n = notifier.clone();
+                    let rt = nrt.clone();
+                    Box::pin(async move {
+                        rt.spawn_blocking(move || n.invalidate(range, kept)).await;
+                    })
+                }));
+            }
+            _ => eprintln!("scoutfsd: no FUSE descriptor for lock revocations"),
+        }
+    }
     let server = Arc::new(fuse_backend_rs::api::server::Server::new(frontend));
     let fail = |e: io::Error, node: Node| {
         let _ = session::unmount_lazy(&mountpoint);

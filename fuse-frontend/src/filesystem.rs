@@ -47,6 +47,7 @@ use zerocopy::FromBytes;
 
 use crate::attr::{entry_of, setattr_of, stat_of};
 use crate::bridge::{errno, Bridge};
+use crate::notify::LookupTable;
 
 /// FUSE write flag: the writer lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID).
 const WRITE_KILL_SUIDGID: u32 = 4;
@@ -80,8 +81,8 @@ pub struct ScoutFuse {
     link: Arc<dyn ServerLink>,
     bridge: Bridge,
     opts: FuseOptions,
-    /// Kernel lookup count per inode.
-    lookups: Mutex<BTreeMap<u64, u64>>,
+    /// Kernel lookup count per inode (shared with the notifier).
+    lookups: LookupTable,
     next_handle: AtomicU64,
 }
 
@@ -118,9 +119,14 @@ impl ScoutFuse {
             link,
             bridge,
             opts,
-            lookups: Mutex::new(BTreeMap::new()),
+            lookups: Arc::new(Mutex::new(BTreeMap::new())),
             next_handle: AtomicU64::new(1),
         }
+    }
+
+    /// The kernel lookup counts, for the notifier of lock invalidations.
+    pub fn lookup_table(&self) -> LookupTable {
+        self.lookups.clone()
     }
 
     fn lookups(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, u64>> {

@@ -1,7 +1,7 @@
 //! `scoutfsd`: serves one scoutfs volume as a FUSE mount.
 //!
 //! ```text
-//! scoutfsd --metadev PATH --datadev PATH --mountpoint DIR [-f]
+//! scoutfsd --metadev PATH --datadev PATH --mountpoint DIR [-o OPTS] [-f]
 //! ```
 //!
 //! Called as `mount.scoutfs` or `umount.fuse.scoutfs` (symlinks to this
@@ -24,12 +24,15 @@ use fuse_frontend::{serve, Config};
 const EX_USAGE: u8 = 64;
 const PROG: &str = "scoutfsd";
 
-const HELP: &str = "Usage: scoutfsd --metadev PATH --datadev PATH --mountpoint DIR [-f]
-Serve a scoutfs volume as a FUSE mount (single node, in-process server).
+const HELP: &str = "Usage: scoutfsd --metadev PATH --datadev PATH --mountpoint DIR [-o OPTS] [-f]
+Serve a scoutfs volume as a FUSE mount: with quorum_slot_nr (or when the
+volume's quorum blocks name a running server) as a node of its cluster,
+else alone with the server in-process.
 
   -m, --metadev PATH     metadata device or image file
   -d, --datadev PATH     data device or image file
   -p, --mountpoint DIR   directory to mount on
+  -o, --options OPTS     scoutfs mount options (quorum_slot_nr=N,...)
   -f, --foreground       stay in the foreground
   -h, --help             give this help list
 ";
@@ -39,6 +42,7 @@ struct Args {
     datadev: PathBuf,
     mountpoint: PathBuf,
     foreground: bool,
+    options: Option<String>,
 }
 
 fn usage(msg: &str) -> ExitCode {
@@ -49,6 +53,7 @@ fn usage(msg: &str) -> ExitCode {
 
 fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
     let (mut meta, mut data, mut dir, mut fg) = (None, None, None, false);
+    let mut options = None;
     while let Some(a) = argv.next() {
         let (flag, inline) = match a.split_once('=') {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
@@ -64,6 +69,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String>
             "-m" | "--metadev" => meta = Some(PathBuf::from(value(&flag)?)),
             "-d" | "--datadev" => data = Some(PathBuf::from(value(&flag)?)),
             "-p" | "--mountpoint" => dir = Some(PathBuf::from(value(&flag)?)),
+            "-o" | "--options" => options = Some(value(&flag)?),
             "-f" | "--foreground" => fg = true,
             "-h" | "--help" => return Ok(None),
             _ => return Err(format!("unrecognized argument '{a}'")),
@@ -74,6 +80,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Option<Args>, String>
         datadev: data.ok_or("must provide --datadev")?,
         mountpoint: dir.ok_or("must provide --mountpoint")?,
         foreground: fg,
+        options,
     }))
 }
 
@@ -122,7 +129,14 @@ fn main() -> ExitCode {
         }
         Err(msg) => return usage(&msg),
     };
-    let mut config = Config::new(args.metadev, args.datadev, args.mountpoint);
+    let mut config = Config::new(args.metadev.clone(), args.datadev, args.mountpoint);
+    if let Some(o) = &args.options {
+        let all = format!("metadev_path={},{o}", args.metadev.display());
+        match fuse_frontend::options::ScoutfsOptions::parse(&all) {
+            Ok(opts) => config.options = opts,
+            Err(msg) => return usage(&msg),
+        }
+    }
     if args.foreground {
         let dir = config.mountpoint.clone();
         let data = config.datadev.clone();

@@ -43,6 +43,7 @@ use super::{
 use crate::format::items::{
     data_extent_key, DataExtent, EXTENT_FLAG_OFFLINE, EXTENT_FLAG_UNWRITTEN, INODE_FLAG_TRUNCATE,
 };
+use crate::lock::LockMode;
 
 /// Largest device transfer of a read, in blocks.
 const READ_BLOCKS_MAX: u64 = 256;
@@ -159,6 +160,7 @@ impl Fs {
     /// Every extent of `ino` (for tests and fiemap).
     pub async fn extents(&self, ino: u64) -> FsResult<Vec<Extent>> {
         let _op = self.op_lock.lock().await;
+        let _locks = self.lock(&[ino], LockMode::Read).await?;
         let mut out = Vec::new();
         let mut b = 0;
         while let Some(e) = self.extent_at_or_after(ino, b).await? {
@@ -256,6 +258,7 @@ impl Fs {
     /// and offline blocks read as zeros.
     pub async fn read(&self, ino: u64, offset: u64, len: u32) -> FsResult<Vec<u8>> {
         let _op = self.op_lock.lock().await;
+        let _locks = self.lock(&[ino], LockMode::Read).await?;
         let i = self.read_inode(ino).await?;
         let mode = i.mode.get();
         if is_dir(mode) {
@@ -324,6 +327,7 @@ impl Fs {
         flags: WriteFlags,
     ) -> FsResult<(u64, usize)> {
         let _op = self.op_lock.lock().await;
+        let _locks = self.lock(&[ino], LockMode::Write).await?;
         let offset = {
             let i = self.read_inode(ino).await?;
             let mode = i.mode.get();
@@ -378,6 +382,7 @@ impl Fs {
             .filter(|&e| e <= MAX_FILE_BYTES)
             .ok_or(libc::EFBIG)?;
         let _op = self.op_lock.lock().await;
+        let _locks = self.lock(&[ino], LockMode::Write).await?;
         {
             let i = self.read_inode(ino).await?;
             let m = i.mode.get();

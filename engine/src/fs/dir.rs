@@ -15,6 +15,9 @@
 
 use zerocopy::FromBytes;
 
+use crate::lock::{rename_lock, LockMode};
+
+use super::locking;
 use super::{
     bytes_of, is_dir, is_lnk, Attr, Batch, Ctx, Fs, FsResult, Time, ROOT_INO, SYMLINK_MAX_BYTES,
     S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK,
@@ -212,10 +215,28 @@ impl Fs {
         b.dirty(dir);
     }
 
+    /// The inode `name` names in `dir` right now ("." and ".." included),
+    /// for [`Fs::lock_named`]; None when there is none.
+    pub(crate) async fn resolve_name(&self, dir: u64, name: &[u8]) -> FsResult<Option<u64>> {
+        match name {
+            b"." => Ok(Some(dir)),
+            b".." => match self.parent_of(dir).await {
+                Ok(p) => Ok(Some(p)),
+                Err(libc::ENOENT) => Ok(None),
+                Err(e) => Err(e),
+            },
+            _ if check_name(name).is_err() => Ok(None),
+            _ => Ok(self.find_entry(dir, name).await?.map(|f| f.ino)),
+        }
+    }
+
     /// The inode `name` names in `parent` ("." and ".." included).
     pub async fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
         let _op = self.op_lock.lock().await;
         check_name(name)?;
+        let _locks = self
+            .lock_named(&[parent], &[(parent, name)], LockMode::Read)
+            .await?;
         let p = self.read_inode(parent).await?;
         if !is_dir(p.mode.get()) {
             return Err(libc::ENOTDIR);
@@ -295,6 +316,7 @@ impl Fs {
         let mode = S_IFREG | (mode & 0o7777 & !ctx.umask);
         let _op = self.op_lock.lock().await;
         let ino = self.alloc_ino().await?;
+        let _locks = self.lock(&[parent, ino], LockMode::Write).await?;
         let now = self.now();
         let hold = self.hold(true).await?;
         let mut b = Batch::new(self);
@@ -319,6 +341,7 @@ impl Fs {
     ) -> FsResult<Attr> {
         check_new_name(name)?;
         let ino = self.alloc_ino().await?;
+        let _locks = self.lock(&[parent, ino], LockMode::Write).await?;
         let now = self.now();
         let hold = self.hold(true).await?;
         let mut b = Batch::new(self);
@@ -359,6 +382,7 @@ impl Fs {
     /// A symlink's target (without the stored NUL).
     pub async fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         let _op = self.op_lock.lock().await;
+        let _locks = self.lock(&[ino], LockMode::Read).await?;
         let i = self.read_inode(ino).await?;
         if !is_lnk(i.mode.get()) {
             return Err(libc::EINVAL);
@@ -395,6 +419,7 @@ impl Fs {
     pub async fn link(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Attr> {
         let _op = self.op_lock.lock().await;
         check_new_name(name)?;
+        let _locks = self.lock(&[ino, parent], LockMode::Write).await?;
         let now = self.now();
         let hold = self.hold(true).await?;
         let mut b = Batch::new(self);
@@ -450,6 +475,9 @@ impl Fs {
     async fn remove(&self, parent: u64, name: &[u8], want_dir: bool) -> FsResult<()> {
         let _op = self.op_lock.lock().await;
         check_name(name)?;
+        let _locks = self
+            .lock_named(&[parent], &[(parent, name)], LockMode::Write)
+            .await?;
         let now = self.now();
         let hold = self.hold(false).await?;
         let mut b = Batch::new(self);
@@ -509,6 +537,23 @@ impl Fs {
         if old_name == b"." || old_name == b".." || new_name == b"." || new_name == b".." {
             return Err(libc::EINVAL);
         }
+        // Between directories: the global rename lock first (nobody holds
+        // an inode lock while waiting for it), then the ancestry is made
+        // current group by group before the inode locks are taken.
+        let _rename = if old_parent != new_parent {
+            let held = locking::lock_range(&self.locks, rename_lock(), LockMode::Write).await?;
+            self.refresh_ancestry(new_parent).await?;
+            Some(held)
+        } else {
+            None
+        };
+        let _locks = self
+            .lock_named(
+                &[old_parent, new_parent],
+                &[(old_parent, old_name), (new_parent, new_name)],
+                LockMode::Write,
+            )
+            .await?;
         let now = self.now();
         let hold = self.hold(true).await?;
         let mut b = Batch::new(self);
@@ -613,6 +658,7 @@ impl Fs {
     /// position + 1.
     pub async fn readdir(&self, ino: u64, start: u64, max: usize) -> FsResult<Vec<DirEntry>> {
         let _op = self.op_lock.lock().await;
+        let _locks = self.lock(&[ino], LockMode::Read).await?;
         let d = self.read_inode(ino).await?;
         if !is_dir(d.mode.get()) {
             return Err(libc::ENOTDIR);
@@ -660,10 +706,33 @@ impl Fs {
         Ok(out)
     }
 
+    /// Reads the chain of parents from `dir` up to the root, each under a
+    /// READ lock of its group taken and released in turn, so a directory
+    /// moved by another mount is seen where it is now (that mount commits
+    /// the move before we may read it). The caller holds the rename lock,
+    /// which keeps the chain from changing afterwards.
+    async fn refresh_ancestry(&self, dir: u64) -> FsResult<()> {
+        let mut p = dir;
+        for _ in 0..ANCESTRY_DEPTH_MAX {
+            if p == ROOT_INO {
+                return Ok(());
+            }
+            let _locks = self.lock(&[p], LockMode::Read).await?;
+            p = match self.parent_of(p).await {
+                Ok(next) => next,
+                // Removed meanwhile: the rename finds out under its locks.
+                Err(libc::ENOENT) => return Ok(()),
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(())
+    }
+
     /// Every (directory, position, name) that links to `ino`, from its
     /// backrefs (for `ino-path` and `get-referring-entries`).
     pub async fn referring_entries(&self, ino: u64) -> FsResult<Vec<(u64, u64, Vec<u8>)>> {
         let _op = self.op_lock.lock().await;
+        let _locks = self.lock(&[ino], LockMode::Read).await?;
         let mut out = Vec::new();
         let last = link_backref_key(ino, u64::MAX, u64::MAX);
         let mut first = link_backref_key(ino, 0, 0);

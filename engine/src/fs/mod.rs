@@ -45,6 +45,7 @@
 
 mod data;
 mod dir;
+pub mod locking;
 mod query;
 mod xattr;
 
@@ -61,6 +62,8 @@ use crate::format::items::{
 use crate::format::quorum::Timespec;
 use crate::format::FORMAT_VERSION_V2;
 use crate::item::api::{HoldGuard, Items, Transactions};
+use crate::lock::LockMode;
+use locking::{lock_inodes, FsLocks, Held, LocalLocks};
 
 pub use data::{
     Extent, WriteFlags, FALLOCATE_EXTENTS_PER_HOLD, FALLOCATE_STEP_BLOCKS, FALLOC_FL_KEEP_SIZE,
@@ -249,6 +252,7 @@ pub struct Fs {
     data_dev: Arc<dyn BlockDevice>,
     fmt_vers: u64,
     clock: Clock,
+    locks: Arc<dyn FsLocks>,
     op_lock: AsyncMutex<()>,
     state: Mutex<State>,
 }
@@ -276,12 +280,33 @@ impl Fs {
         fmt_vers: u64,
         clock: Clock,
     ) -> Fs {
+        Self::with_locks(
+            items,
+            trans,
+            data_dev,
+            fmt_vers,
+            clock,
+            Arc::new(LocalLocks),
+        )
+    }
+
+    /// [`Fs::new`] for a mount that shares its volume: every operation
+    /// takes its cluster locks from `locks` (see [`locking`]).
+    pub fn with_locks(
+        items: Arc<dyn Items>,
+        trans: Arc<dyn Transactions>,
+        data_dev: Arc<dyn BlockDevice>,
+        fmt_vers: u64,
+        clock: Clock,
+        locks: Arc<dyn FsLocks>,
+    ) -> Fs {
         Fs {
             items,
             trans,
             data_dev,
             fmt_vers,
             clock,
+            locks,
             op_lock: AsyncMutex::new(()),
             state: Mutex::new(State::default()),
         }
@@ -297,6 +322,42 @@ impl Fs {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Locks the inode groups of `inos` for this operation.
+    pub(crate) async fn lock(&self, inos: &[u64], mode: LockMode) -> FsResult<Held> {
+        lock_inodes(&self.locks, inos, mode).await
+    }
+
+    /// Locks `base` and the inodes that `names` (directory, name) name,
+    /// rechecking the names once everything is held: an entry may change
+    /// while we wait. A name that names nothing adds nothing.
+    pub(crate) async fn lock_named(
+        &self,
+        base: &[u64],
+        names: &[(u64, &[u8])],
+        mode: LockMode,
+    ) -> FsResult<Held> {
+        let mut want = base.to_vec();
+        loop {
+            let held = self.lock(&want, mode).await?;
+            let mut found = base.to_vec();
+            for (dir, name) in names {
+                if let Some(ino) = self.resolve_name(*dir, name).await? {
+                    found.push(ino);
+                }
+            }
+            let covered = found.iter().all(|i| {
+                want.iter().any(|w| {
+                    w / crate::lock::LOCK_INODE_GROUP_NR == i / crate::lock::LOCK_INODE_GROUP_NR
+                })
+            });
+            if covered {
+                return Ok(held);
+            }
+            drop(held);
+            want = found;
+        }
     }
 
     async fn hold(&self, allocating: bool) -> FsResult<HoldGuard> {
@@ -336,6 +397,7 @@ impl Fs {
     /// Attributes of an inode.
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
         let _op = self.op_lock.lock().await;
+        let _locks = self.lock(&[ino], LockMode::Read).await?;
         let i = self.read_inode(ino).await?;
         Ok(Attr::from_inode(ino, &i))
     }
@@ -345,6 +407,7 @@ impl Fs {
     /// freed over as many holds as needed, then the flag is cleared).
     pub async fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
         let _op = self.op_lock.lock().await;
+        let _locks = self.lock(&[ino], LockMode::Write).await?;
         self.finish_truncate(ino).await?;
         let now = self.now();
         let hold = self.hold(false).await?;
@@ -436,6 +499,7 @@ impl Fs {
     /// open file handle; a frontend may also count kernel lookups here).
     pub async fn open(&self, ino: u64) -> FsResult<Attr> {
         let _op = self.op_lock.lock().await;
+        let _locks = self.lock(&[ino], LockMode::Read).await?;
         let i = self.read_inode(ino).await?;
         *self.state().opens.entry(ino).or_insert(0) += 1;
         Ok(Attr::from_inode(ino, &i))
@@ -469,7 +533,16 @@ impl Fs {
             }
         };
         if last {
-            self.delete_if_unlinked(ino).await?;
+            // Most closes find a linked inode: a READ lock answers that
+            // without taking the group from other mounts.
+            let unlinked = {
+                let _locks = self.lock(&[ino], LockMode::Read).await?;
+                matches!(self.read_inode(ino).await, Ok(i) if i.nlink.get() == 0)
+            };
+            if unlinked {
+                let _locks = self.lock(&[ino], LockMode::Write).await?;
+                self.delete_if_unlinked(ino).await?;
+            }
         }
         Ok(())
     }
@@ -483,6 +556,7 @@ impl Fs {
     /// mount holds it open. Ok(true) if it deleted them.
     pub async fn try_delete_orphan(&self, ino: u64) -> FsResult<bool> {
         let _op = self.op_lock.lock().await;
+        let _locks = self.lock(&[ino], LockMode::Write).await?;
         if self.open_count(ino) != 0 {
             return Ok(false);
         }

@@ -22,6 +22,7 @@ use crate::format::items::{
 };
 use crate::format::key::fs_type;
 use crate::format::Key;
+use crate::lock::LockMode;
 
 /// Inode numbers per lock group (`SCOUTFS_LOCK_INODE_GROUP_NR`): what
 /// `GET_ALLOCATED_INOS` looks through.
@@ -85,6 +86,10 @@ impl Fs {
         }
         let end = kind.key(last.0, last.1);
         let mut from = kind.key(first.0, first.1);
+        // Index items are written blind by every mount and read here
+        // without a lock: what this mount cached of them may be older
+        // than other mounts' commits.
+        self.items.forget(from, end);
         while out.len() < max {
             let Some((k, _)) = self.items.next(from, end).await? else {
                 break;
@@ -108,6 +113,17 @@ impl Fs {
         max: usize,
     ) -> FsResult<Vec<RefEntry>> {
         let _op = self.op_lock.lock().await;
+        self.locked_backrefs(ino, from, max).await
+    }
+
+    /// [`Fs::backrefs`] under a READ lock of `ino`'s group.
+    async fn locked_backrefs(
+        &self,
+        ino: u64,
+        from: (u64, u64),
+        max: usize,
+    ) -> FsResult<Vec<RefEntry>> {
+        let _locks = self.lock(&[ino], LockMode::Read).await?;
         self.backrefs(ino, from, max).await
     }
 
@@ -150,7 +166,7 @@ impl Fs {
                 path: Vec::new(),
             }));
         }
-        let Some(last) = self.backrefs(ino, from, 1).await?.pop() else {
+        let Some(last) = self.locked_backrefs(ino, from, 1).await?.pop() else {
             return Ok(None);
         };
         let mut parts = vec![last.name.clone()];
@@ -161,7 +177,7 @@ impl Fs {
             if depth > PATH_DEPTH_MAX {
                 return Err(libc::ELOOP);
             }
-            let Some(up) = self.backrefs(dir, (0, 0), 1).await?.pop() else {
+            let Some(up) = self.locked_backrefs(dir, (0, 0), 1).await?.pop() else {
                 // The directory lost its last name while we climbed.
                 return Err(libc::ENOENT);
             };
@@ -184,6 +200,7 @@ impl Fs {
     /// the end of its lock group of [`INODE_GROUP_NR`] inodes.
     pub async fn allocated_inos(&self, start: u64, max: usize) -> FsResult<Vec<u64>> {
         let _op = self.op_lock.lock().await;
+        let _locks = self.lock(&[start], LockMode::Read).await?;
         let group_last = start | (INODE_GROUP_NR - 1);
         let end = inode_key(group_last);
         let mut out = Vec::new();

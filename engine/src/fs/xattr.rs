@@ -38,6 +38,7 @@ use crate::format::items::{
 };
 use crate::format::key::Key;
 use crate::format::{FORMAT_VERSION_V2, MAX_VAL_SIZE};
+use crate::lock::LockMode;
 
 /// setxattr flags (Linux values).
 pub const XATTR_CREATE: u32 = 1;
@@ -290,6 +291,7 @@ impl Fs {
             _ => None,
         };
         let _op = self.op_lock.lock().await;
+        let _locks = self.lock(&[ino], LockMode::Write).await?;
         let now = self.now();
         let hold = self.hold(true).await?;
         let mut b = Batch::new(self);
@@ -367,6 +369,7 @@ impl Fs {
     pub async fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
         check_xattr_name(name)?;
         let _op = self.op_lock.lock().await;
+        let _locks = self.lock(&[ino], LockMode::Read).await?;
         self.read_inode(ino).await?;
         match self.find_xattr(ino, name).await? {
             Some(s) => Ok(s.value),
@@ -378,6 +381,7 @@ impl Fs {
     /// left out unless `hidden` (the LISTXATTR_HIDDEN ioctl).
     pub async fn listxattr(&self, ino: u64, hidden: bool) -> FsResult<Vec<Vec<u8>>> {
         let _op = self.op_lock.lock().await;
+        let _locks = self.lock(&[ino], LockMode::Read).await?;
         self.read_inode(ino).await?;
         let mut out = Vec::new();
         for (_, name) in self.xattr_names(ino).await? {
@@ -420,6 +424,7 @@ impl Fs {
             return Err(libc::EPERM);
         }
         let _op = self.op_lock.lock().await;
+        let _locks = self.lock(&[ino], LockMode::Write).await?;
         let now = self.now();
         let hold = self.hold(false).await?;
         let mut b = Batch::new(self);

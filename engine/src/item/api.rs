@@ -44,6 +44,11 @@ pub trait Items: Send + Sync {
 
     /// Deletes an item without reading first.
     fn delete_force(&self, key: Key) -> ItemFuture<'_, ()>;
+
+    /// Forgets what is cached of `[first, last]` but this mount's own
+    /// changes, so the next read sees other mounts' commits. For zones
+    /// read without a cluster lock (the inode indexes).
+    fn forget(&self, _first: Key, _last: Key) {}
 }
 
 /// Keeps the open transaction from committing while it is alive, so a group

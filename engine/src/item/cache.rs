@@ -580,6 +580,58 @@ impl ItemCache {
         }
     }
 
+    /// Whether any item or delta in `[start, end]` is dirty: a lock over
+    /// that range can't be given up before a commit.
+    pub fn has_dirty_in(&self, start: &Key, end: &Key) -> bool {
+        let st = self.lock();
+        st.items.range(*start..=*end).any(|(_, it)| it.dirty)
+            || st.deltas.range(*start..=*end).any(|(_, d)| d.dirty)
+    }
+
+    /// Forgets every clean item of `[start, end]` and the knowledge that
+    /// the rest of it is absent (§4.4 step 4: another mount may change
+    /// these keys once our lock is gone). Dirty items stay, each in a
+    /// range of its own; cached parts outside `[start, end]` stay cached.
+    /// Reads in flight are discarded through the barrier, so none of them
+    /// brings back items read before the invalidation.
+    pub fn invalidate(&self, start: &Key, end: &Key) {
+        let mut st = self.lock();
+        st.read_barrier += 1;
+        let overlapping: Vec<(Key, CRange)> = {
+            let first = range_of(&st, start).map_or(*start, |(s, _)| s);
+            st.ranges
+                .range(first..=*end)
+                .map(|(s, r)| (*s, *r))
+                .collect()
+        };
+        for (s, r) in overlapping {
+            st.ranges.remove(&s);
+            st.lru.remove(&r.tick);
+            if s < *start {
+                st.add_range(s, start.dec());
+            }
+            if r.end > *end {
+                st.add_range(end.inc(), r.end);
+            }
+        }
+        let lo = *start;
+        let hi = *end;
+        let keys: Vec<(Key, bool)> = st
+            .items
+            .range(lo..=hi)
+            .map(|(k, it)| (*k, it.dirty))
+            .collect();
+        for (k, dirty) in keys {
+            if dirty {
+                st.add_range(k, k);
+            } else {
+                st.items.remove(&k);
+            }
+        }
+        self.dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The mount moved to a new log tree: its deltas start from zero.
     /// Called after a commit, when nothing is dirty.
     pub fn end_log_tree(&self) {

@@ -414,3 +414,11 @@ impl Node {
         }
     }
 }
+
+/// Whether the quorum blocks record a server that has not stopped: a
+/// mount without a quorum slot then joins as a client of it.
+pub async fn server_recorded(meta: &Arc<dyn BlockDevice>) -> Result<bool, i32> {
+    let sb = read_super(meta, true).await?;
+    let blocks = read_quorum_blocks(meta, sb.hdr.fsid.get(), &sb.qconf).await?;
+    Ok(find_server(&blocks, &sb.qconf).is_some())
+}

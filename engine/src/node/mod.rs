@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod fence;
+pub mod fs_locks;
 pub mod locks;
 pub mod member;
 pub mod quorum;

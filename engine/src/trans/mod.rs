@@ -50,7 +50,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -226,6 +226,9 @@ struct Inner {
     commit_lock: futures::lock::Mutex<()>,
     inode_pool: futures::lock::Mutex<(u64, u64)>,
     inode_delta: AtomicI64,
+    /// The highest `write_seq` of any write lock granted to this mount:
+    /// items are written with at least this seq (§2.1).
+    lock_write_seq: AtomicU64,
     merge: merge_worker::MergeState,
 }
 
@@ -299,6 +302,7 @@ impl Mount {
             commit_lock: futures::lock::Mutex::new(()),
             inode_pool: futures::lock::Mutex::new((0, 0)),
             inode_delta: AtomicI64::new(0),
+            lock_write_seq: AtomicU64::new(0),
             merge,
             opts,
             rt,
@@ -362,6 +366,36 @@ impl Mount {
     pub fn check_lock(&self, key: &Key, _write: bool) -> Result<(), i32> {
         let (start, end) = lock_range(key);
         debug_assert!(start <= *key && *key <= end);
+        Ok(())
+    }
+
+    /// Records a write grant's `write_seq` (§2.1): every item this mount
+    /// writes from now on carries at least that seq.
+    pub fn note_lock_write_seq(&self, write_seq: u64) {
+        self.inner
+            .lock_write_seq
+            .fetch_max(write_seq, Ordering::Relaxed);
+    }
+
+    /// What this mount does before it gives up or weakens its lock on
+    /// `[start, end]` (§4.4 steps 3-4): a lock that could write commits
+    /// the open transaction when it holds changes in the range, so the
+    /// next holder reads them; a lock going to NULL forgets the cached
+    /// items of the range. A WRITE lock kept as READ keeps its clean
+    /// items: nobody can change them while we may read.
+    pub async fn invalidate_lock(
+        &self,
+        start: &Key,
+        end: &Key,
+        old_can_write: bool,
+        new_can_read: bool,
+    ) -> Result<(), i32> {
+        if old_can_write && self.inner.items.has_dirty_in(start, end) {
+            self.inner.commit().await?;
+        }
+        if !new_can_read {
+            self.inner.items.invalidate(start, end);
+        }
         Ok(())
     }
 
@@ -674,6 +708,17 @@ impl Inner {
         self.lock().seq
     }
 
+    /// The seq of items written now (§2.1): the open transaction's seq, or
+    /// the write_seq of a lock granted since, whichever is higher. A write
+    /// grant follows the previous holder's commit, so the new version
+    /// outranks every older one whatever tree holds it; raising it for
+    /// every later item is harmless because each grant's write_seq is
+    /// above every seq the server handed out before.
+    fn item_seq(&self) -> u64 {
+        self.trans_seq()
+            .max(self.lock_write_seq.load(Ordering::Relaxed))
+    }
+
     async fn alloc_data(&self, max_blocks: u64) -> Result<(u64, u64), i32> {
         let mut ts = self.tree.lock().await;
         let TreeState {
@@ -763,7 +808,7 @@ impl Items for Mount {
     fn create(&self, key: Key, val: Vec<u8>) -> ItemFuture<'_, ()> {
         Box::pin(async move {
             self.check_lock(&key, true)?;
-            let seq = self.inner.trans_seq();
+            let seq = self.inner.item_seq();
             self.inner
                 .items
                 .create(&self.inner.forest, key, val, seq)
@@ -774,7 +819,7 @@ impl Items for Mount {
     fn update(&self, key: Key, val: Vec<u8>) -> ItemFuture<'_, ()> {
         Box::pin(async move {
             self.check_lock(&key, true)?;
-            let seq = self.inner.trans_seq();
+            let seq = self.inner.item_seq();
             self.inner
                 .items
                 .update(&self.inner.forest, key, val, seq)
@@ -785,7 +830,7 @@ impl Items for Mount {
     fn delete(&self, key: Key) -> ItemFuture<'_, ()> {
         Box::pin(async move {
             self.check_lock(&key, true)?;
-            let seq = self.inner.trans_seq();
+            let seq = self.inner.item_seq();
             self.inner.items.delete(&self.inner.forest, key, seq).await
         })
     }
@@ -793,7 +838,7 @@ impl Items for Mount {
     fn create_force(&self, key: Key, val: Vec<u8>) -> ItemFuture<'_, ()> {
         Box::pin(async move {
             self.check_lock(&key, true)?;
-            let seq = self.inner.trans_seq();
+            let seq = self.inner.item_seq();
             if is_delta_key(&key) {
                 let d = TotlValue::read_from_bytes(&val).map_err(|_| libc::EINVAL)?;
                 self.inner
@@ -811,12 +856,16 @@ impl Items for Mount {
     fn delete_force(&self, key: Key) -> ItemFuture<'_, ()> {
         Box::pin(async move {
             self.check_lock(&key, true)?;
-            let seq = self.inner.trans_seq();
+            let seq = self.inner.item_seq();
             self.inner
                 .items
                 .delete_force(&self.inner.forest, key, seq)
                 .await
         })
+    }
+
+    fn forget(&self, first: Key, last: Key) {
+        self.inner.items.invalidate(&first, &last);
     }
 }
 

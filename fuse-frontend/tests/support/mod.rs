@@ -99,6 +99,11 @@ impl Volume {
     /// allocators move on through the whole device as commits go by (COW),
     /// so a sparse image ends up using all of its size in memory.
     pub fn new_sized(parent: &Path, meta_bytes: u64, data_bytes: u64) -> Volume {
+        Volume::new_with_slots(parent, meta_bytes, data_bytes, 1)
+    }
+
+    /// A volume with `slots` quorum slots (each on its own loopback port).
+    pub fn new_with_slots(parent: &Path, meta_bytes: u64, data_bytes: u64, slots: usize) -> Volume {
         let dir = tempfile::tempdir_in(parent).expect("tempdir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod tempdir");
@@ -116,7 +121,9 @@ impl Volume {
             let mut opts = MkfsOptions::default();
             // Mounts with quorum_slot_nr=0 serve on this address: one free
             // port per volume, so tests running side by side don't meet.
-            opts.quorum_slots[0] = Some((std::net::Ipv4Addr::LOCALHOST, free_port()));
+            for slot in opts.quorum_slots.iter_mut().take(slots) {
+                *slot = Some((std::net::Ipv4Addr::LOCALHOST, free_port()));
+            }
             format_volume(&m, &d, &opts).expect("mkfs");
         }
         Volume {
@@ -171,14 +178,24 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon and waits until it says the volume is mounted.
     pub fn start(v: &Volume) -> Daemon {
-        let mut child = Command::new(SCOUTFSD)
-            .arg("--metadev")
+        Daemon::start_on(v, &v.mnt, None)
+    }
+
+    /// Starts a daemon of `v` on `mnt` with scoutfs mount options `opts`
+    /// (e.g. `quorum_slot_nr=0`) and waits until it is mounted.
+    pub fn start_on(v: &Volume, mnt: &Path, opts: Option<&str>) -> Daemon {
+        let mut cmd = Command::new(SCOUTFSD);
+        cmd.arg("--metadev")
             .arg(&v.meta)
             .arg("--datadev")
             .arg(&v.data)
             .arg("--mountpoint")
-            .arg(&v.mnt)
-            .arg("-f")
+            .arg(mnt)
+            .arg("-f");
+        if let Some(o) = opts {
+            cmd.arg("-o").arg(o);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -207,12 +224,12 @@ impl Daemon {
             }
         }
         assert!(
-            v.mounted(),
+            mount_entry(mnt).is_some(),
             "scoutfsd said mounted but /proc/mounts disagrees"
         );
         Daemon {
             child,
-            mnt: v.mnt.clone(),
+            mnt: mnt.to_path_buf(),
             log: rx,
         }
     }

@@ -1,0 +1,139 @@
+//! Revoking what the kernel caches when this mount loses a cluster lock
+//! (ARCHITECTURE §2.6, the rule).
+//!
+//! Before the lock client answers an invalidation that takes an inode
+//! group away (the lock goes to NULL), this writes only non-blocking
+//! notifications to the FUSE device:
+//! * `NOTIFY_INVAL_INODE(ino, offset -1)` for every inode of the group the
+//!   kernel holds a lookup on (and the root, which it never looks up):
+//!   attributes and ACLs only, no page-cache work, so it never waits for a
+//!   folio or an inode lock that a request parked in this daemon holds.
+//!   The kernel also bumps the inode's attr_version, so a GETATTR or
+//!   LOOKUP reply that raced this invalidation is not cached.
+//! * `NOTIFY_INC_EPOCH` (kernel ≥ 6.16): every dentry of the connection
+//!   must be revalidated with a LOOKUP, which takes the lock again.
+//!
+//! A downgrade from WRITE to READ revokes nothing: nobody else may change
+//! the group while we may read it. Regular files are opened with direct
+//! I/O, so no page cache needs dropping. Notifications run on a blocking
+//! pool thread, never on an engine executor thread.
+//!
+//! Touches the FUSE device (write(2) of notify messages) and the
+//! frontend's lookup table.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use engine::format::key::zone;
+use engine::fs::ROOT_INO;
+use engine::lock::{LockMode, LockRange, LOCK_INODE_GROUP_NR};
+
+/// `FUSE_NOTIFY_INVAL_INODE`.
+const NOTIFY_INVAL_INODE: i32 = 2;
+/// `FUSE_NOTIFY_INC_EPOCH` (Linux 6.16).
+const NOTIFY_INC_EPOCH: i32 = 8;
+
+/// The kernel lookup count of each inode (shared with the filesystem).
+pub type LookupTable = Arc<Mutex<BTreeMap<u64, u64>>>;
+
+/// Counters for the status tree and tests.
+#[derive(Debug, Default)]
+pub struct NotifyStats {
+    pub inodes: AtomicU64,
+    pub epochs: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// Writes revocations to one FUSE connection.
+pub struct Notifier {
+    dev: File,
+    lookups: LookupTable,
+    pub stats: NotifyStats,
+}
+
+fn header(len: usize, code: i32) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+    h[4..8].copy_from_slice(&code.to_le_bytes());
+    // unique 0: a notification, not a reply.
+    h
+}
+
+impl Notifier {
+    /// `dev` is a duplicate of the session's /dev/fuse descriptor.
+    pub fn new(dev: File, lookups: LookupTable) -> Notifier {
+        Notifier {
+            dev,
+            lookups,
+            stats: NotifyStats::default(),
+        }
+    }
+
+    fn write(&self, msg: &[u8]) -> io::Result<()> {
+        // SAFETY: `msg` is a valid buffer of its length for the call and
+        // the descriptor is ours for the life of `self`.
+        let n = unsafe { libc::write(self.dev.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn inval_inode(&self, ino: u64) {
+        let mut msg = Vec::with_capacity(40);
+        msg.extend_from_slice(&header(40, NOTIFY_INVAL_INODE));
+        msg.extend_from_slice(&ino.to_le_bytes());
+        msg.extend_from_slice(&(-1i64).to_le_bytes());
+        msg.extend_from_slice(&0i64.to_le_bytes());
+        match self.write(&msg) {
+            Ok(()) => {
+                self.stats.inodes.fetch_add(1, Ordering::Relaxed);
+            }
+            // The kernel forgot it meanwhile: nothing is cached.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(_) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn inc_epoch(&self) {
+        match self.write(&header(16, NOTIFY_INC_EPOCH)) {
+            Ok(()) => {
+                self.stats.epochs.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Revokes the kernel's view of `range` now that the lock keeps only
+    /// `kept`. Blocking only in the sense of a system call per inode.
+    pub fn invalidate(&self, range: LockRange, kept: LockMode) {
+        if kept.can_read() || range.start.zone != zone::FS {
+            return;
+        }
+        let first = range.start.first;
+        let last = first | (LOCK_INODE_GROUP_NR - 1);
+        let mut inos: Vec<u64> = self
+            .lookups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .range(first..=last)
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, _)| *i)
+            .collect();
+        if (first..=last).contains(&ROOT_INO) && !inos.contains(&ROOT_INO) {
+            inos.insert(0, ROOT_INO);
+        }
+        for ino in inos {
+            self.inval_inode(ino);
+        }
+        self.inc_epoch();
+    }
+}
