@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The main job: a demo cluster volume on image files.
 #
-# Builds the tools, makes a three-slot cluster volume on sparse 64 GiB image
-# files, prints and checks it, mounts it (one node, slot 0) and runs the
-# seed's quick start: `touch one; sync; scoutfs walk-inodes meta_seq 0 -1
-# MNT` shows each changed inode at its new meta_seq, and data_seq after a
-# write; then stat, statfs, df, ino-path, get-fiemap and counters, the
-# unmount (commit and farewell), `check` clean, and `check` catching a
-# corrupted block.
+# Builds the tools, makes a two-slot cluster volume on sparse 64 GiB image
+# files, prints and checks it, mounts it three times (quorum slots 0 and 1,
+# and a client without a slot, each its own scoutfsd) and runs the seed's
+# quick start: `touch one; sync; scoutfs walk-inodes meta_seq 0 -1 MNT`
+# shows each changed inode at its new meta_seq, and data_seq after a
+# write; every mount shows the same files and the same walk; then stat,
+# statfs, df, ino-path, get-fiemap and counters, the unmounts (commit and
+# farewell), `check` clean, and `check` catching a corrupted block.
 #
 # Mounting needs root and /dev/fuse. With /sbin writable the demo installs
 # the helpers /sbin/mount.scoutfs and /sbin/umount.fuse.scoutfs (symlinks to
@@ -37,24 +38,28 @@ mkdir -p "$work"
 work=$(cd "$work" && pwd)
 meta="$work/meta.img"
 data="$work/data.img"
-mnt="$work/mnt"
-mkdir -p "$mnt"
+mnts=("$work/mnt0" "$work/mnt1" "$work/mnt2")
+mkdir -p "${mnts[@]}"
+mnt=${mnts[0]}
 truncate -s 64G "$meta"
 truncate -s 64G "$data"
 
 installed=()
 cleanup() {
-  if grep -qs " $mnt " /proc/mounts; then
-    umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
-  fi
+  for ((i = ${#mnts[@]} - 1; i >= 0; i--)); do
+    m=${mnts[$i]}
+    if grep -qs " $m " /proc/mounts; then
+      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+    fi
+  done
   for h in "${installed[@]}"; do rm -f "$h"; done
 }
 trap cleanup EXIT
 
 run() { echo "\$ $*"; "$@"; }
 
-echo "== mkfs: three quorum slots on 127.0.0.1"
-"$scoutfs" mkfs -Q 0,127.0.0.1,19700 -Q 1,127.0.0.1,19701 -Q 2,127.0.0.1,19702 "$meta" "$data"
+echo "== mkfs: two quorum slots on 127.0.0.1"
+"$scoutfs" mkfs -Q 0,127.0.0.1,19700 -Q 1,127.0.0.1,19701 "$meta" "$data"
 
 echo "== print (super block)"
 "$scoutfs" print "$meta" | sed -n '1,/^quorum blkno/p' | head -n -1
@@ -90,14 +95,22 @@ if [ -n "$can_mount" ]; then
     how=helpers
   fi
 
+  # Slots 0 and 1 are quorum members (the first one up is elected and
+  # serves); the third mount has no slot and joins as a client.
+  slot_opts=(",quorum_slot_nr=0" ",quorum_slot_nr=1" "")
   if [ "$how" = helpers ]; then
-    echo "== mount (helpers /sbin/mount.scoutfs, /sbin/umount.fuse.scoutfs -> scoutfsd)"
-    run mount -t scoutfs -o "metadev_path=$meta,quorum_slot_nr=0" "$data" "$mnt"
+    echo "== mount three times (helpers /sbin/mount.scoutfs, /sbin/umount.fuse.scoutfs -> scoutfsd)"
+    for i in 0 1 2; do
+      run mount -t scoutfs -o "metadev_path=$meta${slot_opts[$i]}" "$data" "${mnts[$i]}"
+    done
   else
-    echo "== mount (scoutfsd directly: /sbin helpers not installable)"
-    run "$scoutfsd" --metadev "$meta" --datadev "$data" --mountpoint "$mnt"
+    echo "== mount three times (scoutfsd directly: /sbin helpers not installable)"
+    for i in 0 1 2; do
+      o=${slot_opts[$i]#,}
+      run "$scoutfsd" --metadev "$meta" --datadev "$data" --mountpoint "${mnts[$i]}" ${o:+-o "$o"}
+    done
   fi
-  grep " $mnt " /proc/mounts
+  grep " $work/mnt" /proc/mounts
 
   echo "== the quick start: every change shows up at its new meta_seq"
   run touch "$mnt/one"
@@ -116,6 +129,16 @@ if [ -n "$can_mount" ]; then
   run sync
   run "$scoutfs" walk-inodes data_seq 0 -1 "$mnt"
 
+  echo "== the other mounts see the same files and the same index"
+  run ls -li "${mnts[1]}" "${mnts[2]}"
+  run cat "${mnts[2]}/one"
+  for m in "${mnts[1]}" "${mnts[2]}"; do
+    run "$scoutfs" walk-inodes meta_seq 0 -1 "$m"
+  done
+  echo "\$ echo 'written on mount 2' >> ${mnts[2]}/one; cat $mnt/one"
+  echo "written on mount 2" >> "${mnts[2]}/one"
+  cat "$mnt/one"
+
   echo "== what the utility shows of a file and of the volume"
   mkdir "$mnt/dir"
   ln "$mnt/one" "$mnt/dir/also-one"
@@ -131,7 +154,9 @@ if [ -n "$can_mount" ]; then
   echo "\$ $scoutfs counters $mnt | grep trans_commit"
   "$scoutfs" counters "$mnt" | grep trans_commit
 
-  echo "== unmount: commit, farewell, then umount returns"
+  echo "== unmount: commit, farewell, then umount returns (client first, server last)"
+  run umount "${mnts[2]}"
+  run umount "${mnts[1]}"
   if [ "$how" = helpers ]; then
     run umount "$mnt"
   else

@@ -419,31 +419,38 @@ async fn bring_up(
                 lock_idle_count: options.lock_idle_count as usize,
             };
             let locks = ClusterFsLocks::start(rt, node.link(), &mount, cfg, kernel.clone());
-            let fs = Fs::with_locks(
+            let cached = locks.cached.clone();
+            let fs = Arc::new(Fs::with_locks(
                 mount.clone(),
                 mount.clone(),
                 data,
                 mount.fmt_vers(),
                 Box::new(wall_clock),
                 Arc::new(locks),
-            );
+            ));
+            let weak = Arc::downgrade(&fs);
+            cached.set(Arc::new(move |group| {
+                weak.upgrade()
+                    .map(|fs| fs.cached_in_group(group))
+                    .unwrap_or_default()
+            }));
             (fs, Some(kernel))
         }
         None => {
-            let fs = Fs::new(
+            let fs = Arc::new(Fs::new(
                 mount.clone(),
                 mount.clone(),
                 data,
                 mount.fmt_vers(),
                 Box::new(wall_clock),
-            );
+            ));
             (fs, None)
         }
     };
     Ok(Node {
         conn,
         mount,
-        fs: Arc::new(fs),
+        fs,
         rt: rt2,
         kernel,
     })

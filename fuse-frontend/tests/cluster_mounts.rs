@@ -244,11 +244,8 @@ fn step(rng: &mut SmallRng, root: &Path, n: usize) -> String {
     }
 }
 
-#[test]
-fn three_mounts_show_one_filesystem() {
-    if skip_without_fuse("three_mounts_show_one_filesystem") {
-        return;
-    }
+/// A one-slot volume mounted three times: slot 0 serves, two clients.
+fn three_mounts() -> (Volume, Vec<PathBuf>, Vec<Daemon>) {
     let v = Volume::new_with_slots(&fast_dir(), 2 << 30, 16 << 30, 1);
     let mnts: Vec<PathBuf> = (0..3)
         .map(|i| {
@@ -261,6 +258,48 @@ fn three_mounts_show_one_filesystem() {
     for m in &mnts[1..] {
         daemons.push(Daemon::start_on(&v, m, Some("lock_idle_count=32")));
     }
+    (v, mnts, daemons)
+}
+
+/// Makes the kernel FORGET every inode it can (unused dentries and
+/// inodes of every filesystem).
+fn drop_kernel_caches() {
+    fs::write("/proc/sys/vm/drop_caches", b"2").expect("drop_caches");
+}
+
+#[test]
+fn unlinked_file_open_on_another_mount_keeps_its_data() {
+    if skip_without_fuse("unlinked_file_open_on_another_mount_keeps_its_data") {
+        return;
+    }
+    let (v, mnts, daemons) = three_mounts();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(mnts[0].join("f"), &data).expect("write");
+    let mut held = fs::File::open(mnts[1].join("f")).expect("open on mount 1");
+    fs::remove_file(mnts[2].join("f")).expect("unlink on mount 2");
+    // Mounts 0 and 2 let go of the inode; its items must stay for the
+    // file mount 1 still has open (the open-inode map).
+    drop_kernel_caches();
+    for m in [&mnts[0], &mnts[2]] {
+        assert!(fs::read_dir(m).expect("readdir").next().is_none());
+    }
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut held, &mut got).expect("read the open file");
+    assert!(got == data, "the open unlinked file lost its data");
+    drop(held);
+    drop_kernel_caches();
+    for d in daemons.into_iter().rev() {
+        d.unmount();
+    }
+    v.assert_clean("after the unlinked file was released");
+}
+
+#[test]
+fn three_mounts_show_one_filesystem() {
+    if skip_without_fuse("three_mounts_show_one_filesystem") {
+        return;
+    }
+    let (v, mnts, daemons) = three_mounts();
 
     let steps = env_u64("SCOUTFS_CLUSTER_STEPS", 300);
     let seed = env_u64("SCOUTFS_CLUSTER_SEED", 7);

@@ -510,7 +510,7 @@ impl Fs {
         b.dirty(f.ino);
         b.store_all().await?;
         drop(hold);
-        if nlink == 0 && self.open_count(f.ino) == 0 {
+        if nlink == 0 && self.unused(f.ino).await? {
             self.delete_inode(f.ino).await?;
         }
         Ok(())
@@ -645,7 +645,7 @@ impl Fs {
         b.store_all().await?;
         drop(hold);
         if let Some(ino) = orphaned {
-            if self.open_count(ino) == 0 {
+            if self.unused(ino).await? {
                 self.delete_inode(ino).await?;
             }
         }

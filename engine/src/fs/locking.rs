@@ -34,6 +34,13 @@ pub type LockHold = Box<dyn Send + Sync>;
 pub trait FsLocks: Send + Sync {
     /// Waits until `mode` is granted on `range`.
     fn lock(&self, range: LockRange, mode: LockMode) -> ItemFuture<'_, LockHold>;
+
+    /// Whether another mount holds `ino` in its caches (an open file, a
+    /// kernel lookup): its items must not be deleted then (§7.5). Asked
+    /// under a WRITE lock of the inode's group.
+    fn cached_elsewhere(&self, _ino: u64) -> ItemFuture<'_, bool> {
+        Box::pin(async { Ok(false) })
+    }
 }
 
 /// A volume used by one mount only (the embedded server): every lock is

@@ -563,9 +563,34 @@ impl Fs {
         self.delete_if_unlinked(ino).await
     }
 
+    /// Whether no mount holds `ino` (this one by open or lookup
+    /// references, others by the open-inode map): only then may an
+    /// unlinked inode's items go (§7.5). Asked under a WRITE lock of the
+    /// inode's group.
+    async fn unused(&self, ino: u64) -> FsResult<bool> {
+        Ok(self.open_count(ino) == 0 && !self.locks.cached_elsewhere(ino).await?)
+    }
+
+    /// The inodes of group `group_nr` (1024 inodes) this mount holds
+    /// references on: what it answers to another mount's open-inode map
+    /// query.
+    pub fn cached_in_group(&self, group_nr: u64) -> Vec<u64> {
+        let first = group_nr.saturating_mul(crate::lock::LOCK_INODE_GROUP_NR);
+        let last = first.saturating_add(crate::lock::LOCK_INODE_GROUP_NR - 1);
+        self.state()
+            .opens
+            .range(first..=last)
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, _)| *i)
+            .collect()
+    }
+
     async fn delete_if_unlinked(&self, ino: u64) -> FsResult<bool> {
         match self.read_inode(ino).await {
             Ok(i) if i.nlink.get() == 0 => {
+                if !self.unused(ino).await? {
+                    return Ok(false);
+                }
                 self.delete_inode(ino).await?;
                 Ok(true)
             }

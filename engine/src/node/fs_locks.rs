@@ -15,10 +15,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 
-use super::client::NetClient;
+use super::client::{NetClient, ServerRequests};
 use super::locks::{InvalidateHook, NetLocks};
+use super::open_map::{self, Bits};
+use crate::format::net::Cmd;
 use crate::fs::locking::{FsLocks, LockHold};
 use crate::item::ItemFuture;
+use crate::link::{CallFuture, ServerLink};
 use crate::lock::{LockClientConfig, LockMode, LockRange};
 use crate::runtime::Runtime;
 use crate::trans::Mount;
@@ -43,10 +46,53 @@ impl KernelSlot {
     }
 }
 
+/// The inodes of one 1024-inode group this mount holds in its caches
+/// (the filesystem's open and lookup references), for the server's
+/// OPEN_INO_MAP requests.
+pub type CachedInodes = Arc<dyn Fn(u64) -> Vec<u64> + Send + Sync>;
+
+/// Where the filesystem's [`CachedInodes`] is set once it exists.
+#[derive(Clone, Default)]
+pub struct CachedSlot(Arc<Mutex<Option<CachedInodes>>>);
+
+impl CachedSlot {
+    pub fn set(&self, f: CachedInodes) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(f);
+    }
+
+    fn bits(&self, group_nr: u64) -> Bits {
+        let f = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut bits = Bits::default();
+        for ino in f.map(|f| f(group_nr)).unwrap_or_default() {
+            bits.set(ino);
+        }
+        bits
+    }
+}
+
+/// Answers the server's requests to this mount (OPEN_INO_MAP).
+struct Answers {
+    cached: CachedSlot,
+}
+
+impl ServerRequests for Answers {
+    fn request(&self, cmd: Cmd, data: Vec<u8>) -> CallFuture {
+        let res = match cmd {
+            Cmd::OpenInoMap => open_map::decode_args(&data)
+                .map(|(group, id)| open_map::encode_map(group, id, &self.cached.bits(group))),
+            _ => Err(libc::EINVAL),
+        };
+        Box::pin(async move { res })
+    }
+}
+
 /// A mount's cluster locks for its filesystem.
 pub struct ClusterFsLocks {
     locks: NetLocks,
+    link: Arc<NetClient>,
     mount: Weak<Mount>,
+    /// What this mount caches, for the server's questions.
+    pub cached: CachedSlot,
 }
 
 impl ClusterFsLocks {
@@ -78,9 +124,15 @@ impl ClusterFsLocks {
                 }
             })
         });
+        let cached = CachedSlot::default();
+        link.set_handler(Arc::new(Answers {
+            cached: cached.clone(),
+        }));
         ClusterFsLocks {
-            locks: NetLocks::new(rt, link, cfg, hook),
+            locks: NetLocks::new(rt, link.clone(), cfg, hook),
+            link,
             mount: weak,
+            cached,
         }
     }
 }
@@ -95,6 +147,21 @@ impl FsLocks for ClusterFsLocks {
                 }
             }
             Ok(Box::new(guard) as LockHold)
+        })
+    }
+
+    fn cached_elsewhere(&self, ino: u64) -> ItemFuture<'_, bool> {
+        Box::pin(async move {
+            let group = ino / open_map::OPEN_MAP_GROUP_NR;
+            let reply = self
+                .link
+                .call(Cmd::OpenInoMap, open_map::encode_args(group, 0))
+                .await?;
+            let (g, _, bits) = open_map::decode_map(&reply).map_err(|_| libc::EIO)?;
+            if g != group {
+                return Err(libc::EIO);
+            }
+            Ok(bits.has(ino))
         })
     }
 }

@@ -18,6 +18,7 @@ pub mod fence;
 pub mod fs_locks;
 pub mod locks;
 pub mod member;
+pub mod open_map;
 pub mod quorum;
 pub mod serve;
 pub mod transport;

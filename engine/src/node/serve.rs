@@ -27,6 +27,7 @@ use futures::StreamExt;
 use zerocopy::IntoBytes;
 
 use super::client::write_loop;
+use super::open_map;
 use super::transport::{Listener, StreamReader, Transport};
 use super::wire_reply;
 use crate::format::net::Cmd;
@@ -62,6 +63,8 @@ struct State {
     writers: BTreeMap<SockId, mpsc::UnboundedSender<Vec<u8>>>,
     next_sock: u64,
     stats: ServeStats,
+    /// OPEN_INO_MAP queries waiting for other mounts' answers.
+    omap: open_map::Queries<ReqRef>,
 }
 
 struct Shared {
@@ -109,6 +112,7 @@ impl NetServer {
                 writers: BTreeMap::new(),
                 next_sock: 1,
                 stats: ServeStats::default(),
+                omap: open_map::Queries::default(),
             }),
             fence,
             locks: locks_tx,
@@ -155,6 +159,10 @@ impl NetServer {
     /// The mount `rid` is gone for good (fenced and reclaimed): the lock
     /// server drops what it held.
     pub fn client_gone(&self, rid: u64) {
+        {
+            let mut st = self.shared.lock();
+            self.shared.omap_gone(&mut st, rid);
+        }
         let _ = self
             .shared
             .locks
@@ -228,6 +236,7 @@ impl Shared {
                                 self.apply(st, more);
                             }
                         },
+                        Cmd::OpenInoMap => self.omap_query(st, rid, req, &data),
                         Cmd::Farewell => {
                             // Answered once the lock server lets the mount go.
                             st.farewells.insert(rid, req);
@@ -243,6 +252,10 @@ impl Shared {
                     data,
                     ..
                 } => {
+                    if cmd == Cmd::OpenInoMap {
+                        self.omap_answer(st, rid, errno, &data);
+                        continue;
+                    }
                     // Answers to our invalidation and recovery requests.
                     let ev = match (cmd, errno) {
                         (Cmd::Lock, 0) => decode_lock(&data)
@@ -267,6 +280,7 @@ impl Shared {
                 }
                 Action::Fence { rid, reason } => {
                     st.stats.fenced += 1;
+                    self.omap_gone(st, rid);
                     (self.fence)(rid, reason);
                 }
                 // Timers are polled by the tick task.
@@ -276,6 +290,67 @@ impl Shared {
                 | Action::GreetingFailed { .. } => {}
             }
         }
+    }
+
+    /// OPEN_INO_MAP from `rid`: ask every other mount, answer when all
+    /// have (§7.5).
+    fn omap_query(self: &Arc<Self>, st: &mut State, rid: u64, req: ReqRef, data: &[u8]) {
+        let mut out = Vec::new();
+        match open_map::decode_args(data) {
+            Ok((group, _)) => {
+                let others: Vec<u64> = st.net.rids().collect();
+                match st.omap.start(rid, req, group, others.iter().copied()) {
+                    Ok(id) => {
+                        for o in others.into_iter().filter(|o| *o != rid) {
+                            let args = open_map::encode_args(group, id);
+                            // A mount without connection state has none to
+                            // answer from: it is gone, or about to be fenced.
+                            if st.net.request(o, Cmd::OpenInoMap, args, &mut out).is_none() {
+                                for done in st.omap.gone(o) {
+                                    self.omap_reply(st, done, &mut out);
+                                }
+                            }
+                        }
+                    }
+                    Err(done) => self.omap_reply(st, done, &mut out),
+                }
+            }
+            Err(e) => {
+                st.net.respond(rid, req, e, Vec::new(), &mut out);
+            }
+        }
+        self.apply(st, out);
+    }
+
+    /// A mount's answer to our OPEN_INO_MAP request. One that can't
+    /// answer is counted as holding nothing only when it is gone; a
+    /// garbled answer costs it its connection, and the question is asked
+    /// again when it reconnects.
+    fn omap_answer(self: &Arc<Self>, st: &mut State, rid: u64, errno: i32, data: &[u8]) {
+        let mut out = Vec::new();
+        match (errno, open_map::decode_map(data)) {
+            (0, Ok((group, id, bits))) => {
+                if let Some(done) = st.omap.answer(id, rid, group, &bits) {
+                    self.omap_reply(st, done, &mut out);
+                }
+            }
+            (libc::ENOTCONN, _) => {}
+            _ => st.net.disconnect(rid, self.rt.now(), &mut out),
+        }
+        self.apply(st, out);
+    }
+
+    fn omap_gone(self: &Arc<Self>, st: &mut State, rid: u64) {
+        let mut out = Vec::new();
+        for done in st.omap.gone(rid) {
+            self.omap_reply(st, done, &mut out);
+        }
+        self.apply(st, out);
+    }
+
+    fn omap_reply(&self, st: &mut State, done: open_map::Done<ReqRef>, out: &mut Vec<Action>) {
+        let map = open_map::encode_map(done.group_nr, 0, &done.bits);
+        st.net.respond(done.asker, done.token, 0, map, out);
     }
 
     fn lock_event(&self, ev: LockEvent) {
@@ -321,6 +396,7 @@ impl Shared {
                     (self.fence)(rid, FENCE_REASON_CLIENT_RECOVERY);
                 }
                 ServerAction::FarewellReady { rid } => {
+                    self.omap_gone(st, rid);
                     if let Some(req) = st.farewells.remove(&rid) {
                         self.run_handler(rid, req, Cmd::Farewell, Vec::new());
                     }
