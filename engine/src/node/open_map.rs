@@ -25,14 +25,8 @@ pub const OPEN_MAP_ARGS_BYTES: usize = 16;
 pub const OPEN_MAP_BITS_BYTES: usize = (OPEN_MAP_GROUP_NR / 8) as usize;
 
 /// One group's bitmap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Bits(pub [u64; 16]);
-
-impl Default for Bits {
-    fn default() -> Self {
-        Bits([0; 16])
-    }
-}
 
 impl Bits {
     pub fn set(&mut self, ino: u64) {
@@ -110,6 +104,15 @@ pub struct Done<T> {
     pub bits: Bits,
 }
 
+/// What [`Queries::start`] decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Started<T> {
+    /// Send the question to the others with this query id.
+    Ask(u64),
+    /// Nobody else to ask: the answer is empty.
+    Done(Done<T>),
+}
+
 /// The server's open queries. `T` is the asker's request token.
 pub struct Queries<T> {
     next_id: u64,
@@ -134,10 +137,10 @@ impl<T> Queries<T> {
         token: T,
         group_nr: u64,
         others: impl IntoIterator<Item = u64>,
-    ) -> Result<u64, Done<T>> {
+    ) -> Started<T> {
         let waiting: BTreeSet<u64> = others.into_iter().filter(|r| *r != asker).collect();
         if waiting.is_empty() {
-            return Err(Done {
+            return Started::Done(Done {
                 asker,
                 token,
                 group_nr,
@@ -156,7 +159,7 @@ impl<T> Queries<T> {
                 bits: Bits::default(),
             },
         );
-        Ok(id)
+        Started::Ask(id)
     }
 
     /// `rid` answered query `id` about `group_nr`. Unknown or mismatched
@@ -206,7 +209,9 @@ mod tests {
     #[test]
     fn answers_are_ored_and_a_departed_mount_answers_nothing() {
         let mut q = Queries::default();
-        let id = q.start(1, "t", 7, [1, 2, 3]).expect("others to ask");
+        let Started::Ask(id) = q.start(1, "t", 7, [1, 2, 3]) else {
+            panic!("others to ask");
+        };
         let mut a = Bits::default();
         a.set(7 * 1024 + 5);
         assert_eq!(q.answer(id, 2, 7, &a), None);
@@ -223,8 +228,10 @@ mod tests {
     #[test]
     fn alone_is_done_at_once_and_wrong_groups_are_ignored() {
         let mut q: Queries<u8> = Queries::default();
-        assert!(q.start(1, 0, 3, [1]).is_err());
-        let id = q.start(1, 0, 3, [2]).expect("one other");
+        assert!(matches!(q.start(1, 0, 3, [1]), Started::Done(_)));
+        let Started::Ask(id) = q.start(1, 0, 3, [2]) else {
+            panic!("one other");
+        };
         assert_eq!(q.answer(id, 2, 4, &Bits::default()), None);
         assert!(q.answer(id, 2, 3, &Bits::default()).is_some());
     }

@@ -300,7 +300,7 @@ impl Shared {
             Ok((group, _)) => {
                 let others: Vec<u64> = st.net.rids().collect();
                 match st.omap.start(rid, req, group, others.iter().copied()) {
-                    Ok(id) => {
+                    open_map::Started::Ask(id) => {
                         for o in others.into_iter().filter(|o| *o != rid) {
                             let args = open_map::encode_args(group, id);
                             // A mount without connection state has none to
@@ -312,7 +312,7 @@ impl Shared {
                             }
                         }
                     }
-                    Err(done) => self.omap_reply(st, done, &mut out),
+                    open_map::Started::Done(done) => self.omap_reply(st, done, &mut out),
                 }
             }
             Err(e) => {
