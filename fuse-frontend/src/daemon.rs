@@ -174,6 +174,23 @@ struct Node {
     /// Where the kernel revocations go once FUSE is mounted (cluster
     /// mounts only).
     kernel: Option<KernelSlot>,
+    /// The orphan scanner (stops when dropped).
+    orphans: JoinHandle<()>,
+}
+
+/// Every `delay` (±20 %, so mounts don't scan in step) deletes the
+/// orphans no mount holds (reference §7.5).
+async fn orphan_scanner(fs: std::sync::Weak<Fs>, rt: Runtime, delay: Duration) {
+    loop {
+        let ms = delay.as_millis() as u64;
+        let jitter = rt.random_u64() % (ms * 2 / 5 + 1);
+        rt.sleep(Duration::from_millis(ms - ms / 5 + jitter)).await;
+        let Some(fs) = fs.upgrade() else {
+            return;
+        };
+        // Errors (a lost server, ENOSPC) are the next pass's to retry.
+        let _ = fs.scan_orphans().await;
+    }
 }
 
 /// Inode times are wall-clock time; the engine takes them through its
@@ -447,12 +464,18 @@ async fn bring_up(
             (fs, None)
         }
     };
+    let orphans = rt2.spawn(orphan_scanner(
+        Arc::downgrade(&fs),
+        rt2.clone(),
+        Duration::from_millis(options.orphan_scan_delay_ms),
+    ));
     Ok(Node {
         conn,
         mount,
         fs,
         rt: rt2,
         kernel,
+        orphans,
     })
 }
 
@@ -465,7 +488,9 @@ async fn shut_down(node: Node) -> Result<(), ServeError> {
         fs,
         rt,
         kernel: _,
+        orphans,
     } = node;
+    drop(orphans);
     drop(conn.background.take());
     fs.fsync().await.map_err(engine_err("final commit"))?;
     drop(fs);

@@ -91,6 +91,8 @@ pub const INODE_POOL_REFILL: u64 = 10240;
 pub const SYMLINK_MAX_BYTES: usize = 4095;
 /// Extent items freed per transaction hold by truncate and deletion.
 pub const TRUNCATE_EXTENTS_PER_HOLD: usize = 64;
+/// Orphans one scanner pass looks at.
+pub const ORPHAN_SCAN_BATCH: usize = 1024;
 /// Blocks written per transaction hold: a larger write takes several holds.
 pub const WRITE_BLOCKS_PER_HOLD: u64 = 256;
 
@@ -561,6 +563,34 @@ impl Fs {
             return Ok(false);
         }
         self.delete_if_unlinked(ino).await
+    }
+
+    /// The orphan scanner's pass (§7.5): every inode with an orphan item
+    /// that no mount holds is deleted. Orphans are read from committed
+    /// state without a lock (what this mount cached of them is forgotten
+    /// first); each candidate is then checked and deleted under its
+    /// group's WRITE lock, so a racing link or open elsewhere wins. Picks
+    /// up what a crashed mount left, and inodes another mount held when
+    /// their last name went. Returns how many were deleted.
+    pub async fn scan_orphans(&self) -> FsResult<usize> {
+        let last = orphan_key(u64::MAX);
+        let mut from = orphan_key(0);
+        self.items.forget(from, last);
+        let mut found = Vec::new();
+        while let Some((k, _)) = self.items.next(from, last).await? {
+            found.push(k.second);
+            if k.second == u64::MAX || found.len() >= ORPHAN_SCAN_BATCH {
+                break;
+            }
+            from = orphan_key(k.second + 1);
+        }
+        let mut deleted = 0;
+        for ino in found {
+            if self.try_delete_orphan(ino).await? {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
     }
 
     /// Whether no mount holds `ino` (this one by open or lookup
