@@ -527,6 +527,7 @@ fn serve_mounted(
         bridge.clone(),
         fuse,
     );
+    let on_interrupt = frontend.on_interrupt();
     let server = Arc::new(fuse_backend_rs::api::server::Server::new(frontend));
     let fail = |e: io::Error, node: Node| {
         let _ = session::unmount_lazy(&mountpoint);
@@ -534,7 +535,7 @@ fn serve_mounted(
         let _ = exec.block_on(shut_down(node));
         Err(ServeError::Fuse(e))
     };
-    let workers = match Workers::start(&session, server.clone(), workers) {
+    let workers = match Workers::start(&session, server.clone(), workers, on_interrupt) {
         Ok(w) => w,
         Err(e) => return fail(e, node),
     };

@@ -13,6 +13,13 @@
 //! (unmount: the device read fails with ENODEV) or [`FuseSession::wake`]
 //! is called.
 //!
+//! FUSE_INTERRUPT (which fuse-backend-rs drops) is taken off the channel
+//! here and handed to the filesystem's [`OnInterrupt`]; every other
+//! request's unique id is published to the filesystem for the duration of
+//! its handling ([`crate::filesystem::set_current_request`]), so an
+//! operation that waits (for offline data) can be interrupted — a reader
+//! killed with SIGKILL stays in the kernel until its request is answered.
+//!
 //! Touches the kernel (mount(2), umount2(2), /dev/fuse) and the FUSE
 //! server; nothing of the engine.
 
@@ -29,7 +36,7 @@ use std::thread::JoinHandle;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::FuseSession;
 
-use crate::filesystem::ScoutFuse;
+use crate::filesystem::{OnInterrupt, ScoutFuse};
 
 /// Bytes of one request buffer: fuse-backend-rs's session buffer (256
 /// pages and a header page). The kernel is told `max_read` of that size so
@@ -163,6 +170,7 @@ impl Workers {
         session: &FuseSession,
         server: Arc<Server<ScoutFuse>>,
         count: usize,
+        on_interrupt: OnInterrupt,
     ) -> io::Result<Workers> {
         let mut threads = Vec::with_capacity(count);
         for nr in 0..count.max(1) {
@@ -170,13 +178,14 @@ impl Workers {
                 .new_channel()
                 .map_err(|e| io::Error::other(e.to_string()))?;
             let server = server.clone();
+            let on_interrupt = on_interrupt.clone();
             // FUSE workers block in the kernel (device reads) and on their
             // engine call by design: they are the frontend's own threads,
             // not engine code.
             #[allow(clippy::disallowed_methods)]
             let t = std::thread::Builder::new()
                 .name(format!("scoutfs-fuse-{nr}"))
-                .spawn(move || serve_channel(&mut ch, &server))?;
+                .spawn(move || serve_channel(&mut ch, &server, &on_interrupt))?;
             threads.push(t);
         }
         Ok(Workers { threads })
@@ -190,12 +199,32 @@ impl Workers {
     }
 }
 
-fn serve_channel(ch: &mut fuse_backend_rs::transport::FuseChannel, server: &Server<ScoutFuse>) {
+fn serve_channel(
+    ch: &mut fuse_backend_rs::transport::FuseChannel,
+    server: &Server<ScoutFuse>,
+    on_interrupt: &OnInterrupt,
+) {
+    use fuse_backend_rs::abi::fuse_abi::{InHeader, InterruptIn, Opcode};
     use fuse_backend_rs::Error as FuseError;
     loop {
         match ch.get_request() {
             Ok(Some((reader, writer))) => {
-                match server.handle_message(reader, writer.into(), None, None) {
+                let mut peek = reader.clone();
+                let unique = match peek.read_obj::<InHeader>() {
+                    Ok(h) if h.opcode == Opcode::Interrupt as u32 => {
+                        // No reply: the interrupted request answers.
+                        if let Ok(i) = peek.read_obj::<InterruptIn>() {
+                            on_interrupt(i.unique);
+                        }
+                        continue;
+                    }
+                    Ok(h) => h.unique,
+                    Err(_) => 0,
+                };
+                crate::filesystem::set_current_request(unique);
+                let handled = server.handle_message(reader, writer.into(), None, None);
+                crate::filesystem::set_current_request(0);
+                match handled {
                     Ok(_) => {}
                     // The kernel no longer waits for this reply (the
                     // request was interrupted or the connection ended).

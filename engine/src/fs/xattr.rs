@@ -30,6 +30,9 @@
 
 use zerocopy::FromBytes;
 
+/// Retention (§7.3, §9) guards only the xattrs of this namespace.
+const RETAINED_PREFIX: &[u8] = b"user.";
+
 use super::{bytes_of, Batch, Ctx, Fs, FsResult};
 use crate::format::hash::xattr_name_hash;
 use crate::format::items::{
@@ -294,6 +297,9 @@ impl Fs {
         let hold = self.hold(true).await?;
         let mut b = Batch::new(self);
         b.load(ino).await?;
+        if name.starts_with(RETAINED_PREFIX) {
+            self.check_retention(b.inode(ino))?;
+        }
         let old = self.find_xattr(ino, name).await?;
         match (&old, flags) {
             (Some(_), f) if f & XATTR_CREATE != 0 => return Err(libc::EEXIST),
@@ -424,6 +430,9 @@ impl Fs {
         let hold = self.hold(false).await?;
         let mut b = Batch::new(self);
         b.load(ino).await?;
+        if name.starts_with(RETAINED_PREFIX) {
+            self.check_retention(b.inode(ino))?;
+        }
         let old = self.find_xattr(ino, name).await?.ok_or(libc::ENODATA)?;
         self.delete_xattr_items(ino, name, &old).await?;
         b.inode(ino).ctime = now.to_disk();
