@@ -85,6 +85,9 @@ pub struct Engine {
     pub mount: Arc<Mount>,
     pub link: Arc<dyn ServerLink>,
     pub bridge: Bridge,
+    /// Tells the kernel to drop cached attributes of inodes an operation
+    /// here changed (None when there is no FUSE session, e.g. tests).
+    pub notify: Option<crate::notify::KernelNotify>,
 }
 
 /// Who this mount is and what the status tree shows.

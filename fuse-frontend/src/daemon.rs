@@ -555,6 +555,10 @@ fn serve_mounted(
                 mount: node.mount.clone(),
                 link: node.conn.link.clone(),
                 bridge: bridge.clone(),
+                notify: session
+                    .get_fuse_file()
+                    .and_then(|f| f.try_clone().ok())
+                    .map(|f| crate::notify::KernelNotify::new(Arc::new(f))),
             };
             Control::start(id, engine)
         });

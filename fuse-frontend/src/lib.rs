@@ -26,6 +26,7 @@ pub mod daemon;
 pub mod filesystem;
 pub mod helpers;
 pub mod launch;
+pub mod notify;
 pub mod options;
 pub mod session;
 pub mod signals;

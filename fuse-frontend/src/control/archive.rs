@@ -101,8 +101,23 @@ fn set_attr_x(r: &SetAttrXReq) -> Result<SetAttrX, i32> {
     })
 }
 
-/// Runs one archive request. `files` are the passed descriptors in order.
+/// Runs one archive request and, when it may have changed inodes, tells
+/// the kernel to forget their cached attributes (even on failure: a
+/// partial stage or move changed some).
 pub(super) fn run(op: Op, body: &[u8], files: &[Passed], ctx: Ctx, e: &Engine) -> Result<Enc, i32> {
+    let r = run_op(op, body, files, ctx, e);
+    let changes = !matches!(op, Op::GetAttrX | Op::DataWaiting | Op::DataWaitErr);
+    if let (true, Some(n)) = (changes, e.notify.as_ref()) {
+        for f in files {
+            // Best effort: a stale attribute cache is not worth failing
+            // the operation for.
+            let _ = n.inval_inode(f.ino);
+        }
+    }
+    r
+}
+
+fn run_op(op: Op, body: &[u8], files: &[Passed], ctx: Ctx, e: &Engine) -> Result<Enc, i32> {
     let mut d = Dec::new(body);
     let mut out = Enc::reply_ok();
     let run = |r: std::io::Result<Enc>| r.map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
