@@ -739,3 +739,43 @@ fn retention_refuses_every_change_but_clearing_and_non_user_xattrs() {
     });
     v.check();
 }
+
+#[test]
+fn data_version_moves_with_every_content_or_size_change_only() {
+    let v = Vol::new(2);
+    run(async {
+        let (ino, data) = file_with(&v, b"f", 15, 3 * 4096).await;
+        let dv = || async { v.fs.getattr(ino).await.unwrap().data_version };
+        let d0 = dv().await;
+        assert_ne!(d0, 0);
+        v.fs.write(ino, 10, b"w").await.unwrap();
+        let d1 = dv().await;
+        assert!(d1 > d0, "write");
+        let size = |s| SetAttr {
+            size: Some(s),
+            ..Default::default()
+        };
+        v.fs.setattr(ino, &size(2 * B)).await.unwrap();
+        let d2 = dv().await;
+        assert!(d2 > d1, "truncate");
+        v.fs.setattr(ino, &size(5 * B)).await.unwrap();
+        let d3 = dv().await;
+        assert!(d3 > d2, "extend");
+        v.fs.fallocate(ino, 0, 5 * B, 2 * B).await.unwrap();
+        let d4 = dv().await;
+        assert!(d4 > d3, "fallocate past EOF");
+        // Metadata-only changes, release and stage leave it alone.
+        let chmod = SetAttr {
+            mode: Some(0o600),
+            ..Default::default()
+        };
+        v.fs.setattr(ino, &chmod).await.unwrap();
+        v.fs.setxattr(&user(), ino, b"user.x", b"1", 0)
+            .await
+            .unwrap();
+        v.fs.release_data(ino, 0, B, d4).await.unwrap();
+        v.fs.stage(ino, d4, 0, &data[..4096]).await.unwrap();
+        assert_eq!(dv().await, d4);
+    });
+    v.check();
+}
