@@ -639,3 +639,40 @@ fn stubs_punch_move_blocks_and_the_open_file_rules() {
     assert!(stderr(&bad).contains("Invalid argument (22)"), "{bad:?}");
     v.unmount();
 }
+
+#[test]
+fn more_blocked_readers_than_fuse_workers_do_not_wedge_the_mount() {
+    if skip("more_blocked_readers_than_fuse_workers_do_not_wedge_the_mount") {
+        return;
+    }
+    let mut v = Mounted::new();
+    let r = Roles::single(&v);
+    let p = r.writer.join("f");
+    let data = pattern(21, 4096);
+    std::fs::write(&p, &data).unwrap();
+    let dv = stat_field(&p, "data_version");
+    ok(&["release", s(&p), "-V", &dv.to_string()]);
+    // Twice the daemon's default worker count, each holding a request.
+    let readers = 2 * fuse_frontend::daemon::WORKERS_DEFAULT;
+    let mut cats: Vec<Child> = (0..readers).map(|_| reader(&r.reader.join("f"))).collect();
+    let ino = std::fs::metadata(&p).unwrap().ino();
+    wait_for("every reader to wait", || {
+        counter(&v.mnt, "data_wait") >= readers as u64
+            && waiting(&r.reader) == vec![format!("ino {ino} iblock 0 ops read")]
+    });
+    // The stager still gets a worker for its open and the mount answers.
+    let copy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(copy.path(), &data).unwrap();
+    ok(&[
+        "stage",
+        s(copy.path()),
+        s(&r.stager.join("f")),
+        "-V",
+        &dv.to_string(),
+    ]);
+    for c in cats.drain(..) {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success() && out.stdout == data, "{out:?}");
+    }
+    v.unmount();
+}

@@ -535,7 +535,7 @@ fn serve_mounted(
         let _ = exec.block_on(shut_down(node));
         Err(ServeError::Fuse(e))
     };
-    let workers = match Workers::start(&session, server.clone(), workers, on_interrupt) {
+    let workers = match Workers::start(session.clone(), server.clone(), workers, on_interrupt) {
         Ok(w) => w,
         Err(e) => return fail(e, node),
     };
