@@ -94,6 +94,19 @@ fn time_opt(cmd: &str, p: &Parsed, c: char) -> Result<Option<(u64, u32)>, i32> {
     }
 }
 
+/// ctime (option `ctime_opt`) and crtime (`-r`) into a SET_ATTR_X request.
+fn set_times(cmd: &str, p: &Parsed, req: &mut SetAttrXReq, ctime_opt: char) -> Result<(), i32> {
+    if let Some((s, n)) = time_opt(cmd, p, ctime_opt)? {
+        req.mask |= IAX_CTIME;
+        (req.ctime_sec, req.ctime_nsec) = (s, n);
+    }
+    if let Some((s, n)) = time_opt(cmd, p, 'r')? {
+        req.mask |= IAX_CRTIME;
+        (req.crtime_sec, req.crtime_nsec) = (s, n);
+    }
+    Ok(())
+}
+
 fn parse(
     cmd: &str,
     operands: &str,
@@ -266,14 +279,7 @@ pub fn set_attr_x_main(argv: &[String]) -> i32 {
         if has(&p, 'f') {
             req.flags |= IAX_F_SIZE_OFFLINE;
         }
-        if let Some((s, n)) = time_opt(CMD, &p, 'c')? {
-            req.mask |= IAX_CTIME;
-            (req.ctime_sec, req.ctime_nsec) = (s, n);
-        }
-        if let Some((s, n)) = time_opt(CMD, &p, 'r')? {
-            req.mask |= IAX_CRTIME;
-            (req.crtime_sec, req.crtime_nsec) = (s, n);
-        }
+        set_times(CMD, &p, &mut req, 'c')?;
         if let Some(v) = num(CMD, &p, 't', false)? {
             if v > 1 {
                 return Err(args::usage_error(CMD, "retention must be 0 or 1"));
@@ -353,14 +359,7 @@ pub fn setattr_main(argv: &[String]) -> i32 {
         if has(&p, 'o') {
             req.flags |= IAX_F_SIZE_OFFLINE;
         }
-        if let Some((s, n)) = time_opt(CMD, &p, 't')? {
-            req.mask |= IAX_CTIME;
-            (req.ctime_sec, req.ctime_nsec) = (s, n);
-        }
-        if let Some((s, n)) = time_opt(CMD, &p, 'r')? {
-            req.mask |= IAX_CRTIME;
-            (req.crtime_sec, req.crtime_nsec) = (s, n);
-        }
+        set_times(CMD, &p, &mut req, 't')?;
         Ok(())
     })();
     if let Err(code) = fields {

@@ -72,6 +72,31 @@ impl Fs {
         Ok(())
     }
 
+    /// The first extent overlapping blocks `first..=last` for which
+    /// `pred` holds.
+    pub(crate) async fn find_extent(
+        &self,
+        ino: u64,
+        first: u64,
+        last: u64,
+        pred: impl Fn(&Extent) -> bool,
+    ) -> FsResult<Option<Extent>> {
+        let mut b = first;
+        while let Some(e) = self.extent_at_or_after(ino, b).await? {
+            if e.start > last {
+                break;
+            }
+            if pred(&e) {
+                return Ok(Some(e));
+            }
+            if e.last() >= last {
+                break;
+            }
+            b = e.last() + 1;
+        }
+        Ok(None)
+    }
+
     /// The first block in `first..=last` of an OFFLINE extent.
     pub(crate) async fn first_offline(
         &self,
@@ -79,23 +104,10 @@ impl Fs {
         first: u64,
         last: u64,
     ) -> FsResult<Option<u64>> {
-        let mut b = first;
-        while b <= last {
-            let Some(e) = self.extent_at_or_after(ino, b).await? else {
-                return Ok(None);
-            };
-            if e.start > last {
-                return Ok(None);
-            }
-            if e.flags & EXTENT_FLAG_OFFLINE != 0 {
-                return Ok(Some(e.start.max(b)));
-            }
-            if e.last() >= last {
-                return Ok(None);
-            }
-            b = e.last() + 1;
-        }
-        Ok(None)
+        let e = self
+            .find_extent(ino, first, last, |e| e.flags & EXTENT_FLAG_OFFLINE != 0)
+            .await?;
+        Ok(e.map(|e| e.start.max(first)))
     }
 
     /// Reads a regular file's inode for an archive operation: EISDIR on a
@@ -275,18 +287,12 @@ impl Fs {
         self.check_retention(&i)?;
         let (first, last) = (offset >> BLOCK_SHIFT, (end >> BLOCK_SHIFT) - 1);
         // Refuse before changing anything.
-        let mut b = first;
-        while let Some(e) = self.extent_at_or_after(ino, b).await? {
-            if e.start > last {
-                break;
-            }
-            if e.blkno != 0 {
-                return Err(libc::EINVAL);
-            }
-            if e.last() >= last {
-                break;
-            }
-            b = e.last() + 1;
+        if self
+            .find_extent(ino, first, last, |e| e.blkno != 0)
+            .await?
+            .is_some()
+        {
+            return Err(libc::EINVAL);
         }
         let mut punched = 0;
         loop {
@@ -374,31 +380,20 @@ impl Fs {
         self.finish_truncate(from).await?;
         self.finish_truncate(to).await?;
         // Refuse before changing anything.
-        let mut b = from_first;
-        while let Some(e) = self.extent_at_or_after(from, b).await? {
-            if e.start > from_last {
-                break;
-            }
-            if e.flags & EXTENT_FLAG_OFFLINE != 0 {
-                return Err(libc::ENODATA);
-            }
-            if e.last() >= from_last {
-                break;
-            }
-            b = e.last() + 1;
+        if self
+            .first_offline(from, from_first, from_last)
+            .await?
+            .is_some()
+        {
+            return Err(libc::ENODATA);
         }
-        let mut b = to_first;
-        while let Some(e) = self.extent_at_or_after(to, b).await? {
-            if e.start > to_last {
-                break;
-            }
-            if !stage || e.blkno != 0 || e.flags & EXTENT_FLAG_OFFLINE == 0 {
-                return Err(libc::EINVAL);
-            }
-            if e.last() >= to_last {
-                break;
-            }
-            b = e.last() + 1;
+        let occupied = |e: &Extent| !stage || e.blkno != 0 || e.flags & EXTENT_FLAG_OFFLINE == 0;
+        if self
+            .find_extent(to, to_first, to_last, occupied)
+            .await?
+            .is_some()
+        {
+            return Err(libc::EINVAL);
         }
         let mut staged = false;
         loop {
