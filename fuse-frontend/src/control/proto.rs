@@ -540,6 +540,50 @@ mod tests {
     }
 
     #[test]
+    fn archive_bodies_round_trip_and_short_ones_fail() {
+        let a = AttrX {
+            meta_seq: 1,
+            data_seq: 2,
+            data_version: 3,
+            online_blocks: 4,
+            offline_blocks: 5,
+            ctime_sec: 6,
+            ctime_nsec: 7,
+            crtime_sec: 8,
+            crtime_nsec: 9,
+            size: 10,
+            flags: IAX_F_RETENTION,
+            project_id: 11,
+        };
+        let mut e = Enc::default();
+        a.encode(&mut e);
+        assert_eq!(AttrX::decode(&mut Dec::new(&e.0)).unwrap(), a);
+        assert!(AttrX::decode(&mut Dec::new(&e.0[..e.0.len() - 1])).is_err());
+        let r = SetAttrXReq {
+            mask: IAX_DATA_VERSION | IAX_SIZE | IAX_CTIME,
+            flags: IAX_F_SIZE_OFFLINE,
+            data_version: 1,
+            size: 2,
+            ctime_sec: 3,
+            ctime_nsec: 4,
+            crtime_sec: 5,
+            crtime_nsec: 6,
+            project_id: 7,
+        };
+        let mut e = Enc::default();
+        r.encode(&mut e);
+        assert_eq!(SetAttrXReq::decode(&mut Dec::new(&e.0)).unwrap(), r);
+        assert!(SetAttrXReq::decode(&mut Dec::new(&e.0[..20])).is_err());
+        // A stage request with a full payload fits one message.
+        assert!(REQ_HEADER_BYTES + 16 + 4 + STAGE_BYTES_MAX <= MSG_BYTES_MAX);
+        for op in 11..=18 {
+            assert!(Op::from_u16(op).is_some());
+        }
+        assert!(Op::MoveBlocks.takes_fd() && Op::MoveBlocks.takes_second_fd());
+        assert!(!Op::DataWaiting.takes_fd());
+    }
+
+    #[test]
     fn positions_carry() {
         let p = WalkPos {
             major: 1,
