@@ -202,6 +202,8 @@ pub struct RefEntry {
 /// Bytes a STAGE request carries at most: whole blocks that fit a
 /// message with the header and the fixed fields.
 pub const STAGE_BYTES_MAX: usize = 15 * 4096;
+// A full stage request (header, data_version, offset, length) fits.
+const _: () = assert!(REQ_HEADER_BYTES + 16 + 4 + STAGE_BYTES_MAX <= MSG_BYTES_MAX);
 /// Rows a DATA_WAITING reply carries at most.
 pub const DATA_WAITING_BATCH_MAX: u32 = 1024;
 
@@ -574,8 +576,6 @@ mod tests {
         r.encode(&mut e);
         assert_eq!(SetAttrXReq::decode(&mut Dec::new(&e.0)).unwrap(), r);
         assert!(SetAttrXReq::decode(&mut Dec::new(&e.0[..20])).is_err());
-        // A stage request with a full payload fits one message.
-        assert!(REQ_HEADER_BYTES + 16 + 4 + STAGE_BYTES_MAX <= MSG_BYTES_MAX);
         for op in 11..=18 {
             assert!(Op::from_u16(op).is_some());
         }
