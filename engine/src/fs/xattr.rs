@@ -30,9 +30,6 @@
 
 use zerocopy::FromBytes;
 
-/// Retention (§7.3, §9) guards only the xattrs of this namespace.
-const RETAINED_PREFIX: &[u8] = b"user.";
-
 use super::{bytes_of, Batch, Ctx, Fs, FsResult};
 use crate::format::hash::xattr_name_hash;
 use crate::format::items::{
@@ -41,6 +38,9 @@ use crate::format::items::{
 };
 use crate::format::key::Key;
 use crate::format::{FORMAT_VERSION_V2, MAX_VAL_SIZE};
+
+/// Retention (§7.3, §9) guards only the xattrs of this namespace.
+const RETAINED_PREFIX: &[u8] = b"user.";
 
 /// setxattr flags (Linux values).
 pub const XATTR_CREATE: u32 = 1;
