@@ -255,8 +255,8 @@ impl Fs {
         r.map_err(|e| io_errno(&e))
     }
 
-    /// Reads up to `len` bytes at `offset` (short at EOF); holes, unwritten
-    /// and offline blocks read as zeros.
+    /// Reads up to `len` bytes at `offset` (short at EOF); holes and
+    /// unwritten blocks read as zeros, offline blocks are waited for.
     pub async fn read(&self, ino: u64, offset: u64, len: u32) -> FsResult<Vec<u8>> {
         self.read_as(ino, offset, len, 0).await
     }
