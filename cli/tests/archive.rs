@@ -33,6 +33,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fuse_frontend::control::client::Client;
+use fuse_frontend::control::proto::{Enc, Op};
 use fuse_frontend::control::sock;
 use support::*;
 
@@ -602,6 +603,23 @@ fn stubs_punch_move_blocks_and_the_open_file_rules() {
     let c = Client::for_file(&f).unwrap();
     let ro = OwnedFd::from(f);
     assert_eq!(errno_of(c.release(&ro, 0, 4096, dv)), libc::EINVAL);
+    // Wrong descriptor counts and short bodies are refused.
+    let rw = OwnedFd::from(std::fs::OpenOptions::new().write(true).open(&dst).unwrap());
+    let mut mb = Enc::request(Op::MoveBlocks);
+    mb.u64(0).u64(4096).u64(0).u64(0).u32(0);
+    assert_eq!(errno_of(c.call_fds(&mb, &[&rw])), libc::EINVAL);
+    let mut rel = Enc::request(Op::Release);
+    rel.u64(0).u64(4096).u64(dv);
+    assert_eq!(errno_of(c.call_fds(&rel, &[&rw, &rw])), libc::EINVAL);
+    assert_eq!(errno_of(c.call_fds(&rel, &[])), libc::EINVAL);
+    let mut short = Enc::request(Op::Release);
+    short.u64(0);
+    assert_eq!(errno_of(c.call_fds(&short, &[&rw])), libc::EINVAL);
+    let mut dw = Enc::request(Op::DataWaiting);
+    dw.u64(0).u64(0).u32(10);
+    assert_eq!(errno_of(c.call_fds(&dw, &[&rw])), libc::EINVAL);
+    assert_eq!(stat_field(&dst, "data_version"), dv, "nothing changed");
+    drop(rw);
     drop(ro);
     let app = std::fs::OpenOptions::new().append(true).open(&dst).unwrap();
     assert_eq!(
