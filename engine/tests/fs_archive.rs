@@ -296,19 +296,21 @@ fn writes_and_size_changes_wait_for_the_whole_file() {
         want[..3].copy_from_slice(b"new");
         want.resize(5 * 4096, 0);
         assert_eq!(v.fs.read(ino, 0, 1 << 20).await.unwrap(), want);
-        // Truncating to 0 does not wait: it drops offline extents too.
+        // Truncating to 0 does not wait: it drops offline extents too, and
+        // a reader waiting for them finds EOF.
         let dv = v.fs.getattr(ino).await.unwrap().data_version;
         v.fs.release_data(ino, 0, 5 * B, dv).await.unwrap();
-        let a =
-            v.fs.setattr(
-                ino,
-                &SetAttr {
-                    size: Some(0),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let reader = async { v.fs.read_as(ino, 0, 100, 9).await };
+        let truncater = async {
+            until_waiters(&v.fs, 1).await;
+            let zero = SetAttr {
+                size: Some(0),
+                ..Default::default()
+            };
+            v.fs.setattr(ino, &zero).await.unwrap()
+        };
+        let (r, a) = futures::join!(reader, truncater);
+        assert_eq!(r.unwrap(), Vec::<u8>::new());
         assert_eq!((a.size, a.online_blocks, a.offline_blocks), (0, 0, 0));
         assert_eq!(v.fs.extents(ino).await.unwrap(), vec![]);
     });

@@ -737,6 +737,11 @@ impl Fs {
                 bt.store_all().await?;
             }
             drop(hold);
+            if offline > 0 {
+                // Readers waiting for blocks that no longer exist retry
+                // (and find a hole or EOF).
+                self.wake_data_waiters(ino);
+            }
             if done {
                 return Ok(());
             }

@@ -6,7 +6,7 @@
 //! locks*, drops them and then awaits the returned [`DataWait`]. The wait
 //! ends when:
 //! * the inode's offline blocks changed: [`Fs::wake_data_waiters`], called
-//!   by stage and punch-offline here, and — the single entry point the
+//!   by stage, punch-offline, move-blocks STAGE and truncation here, and — the single entry point the
 //!   cluster lock invalidation path must also call — when another mount
 //!   may have changed the inode (its lock was invalidated), so staging on
 //!   another node wakes this node's waiters. The woken task retries its
