@@ -8,6 +8,7 @@
 //! (mkfs, print, check) read devices; the others talk to a mount's daemon
 //! over its control socket ([`mnt`], docs/control-socket.md).
 
+pub mod archive;
 pub mod args;
 pub mod check;
 pub mod counters;
@@ -21,7 +22,8 @@ pub mod stat;
 pub mod walk;
 
 const COMMANDS: &str = "mkfs, print, check, walk-inodes, stat, statfs, df, sync, ino-path, \
-get-referring-entries, get-allocated-inos, get-fiemap, counters";
+get-referring-entries, get-allocated-inos, get-fiemap, counters, get-attr-x, set-attr-x, setattr, \
+release, stage, punch-offline, move-blocks, data-waiting, data-wait-err";
 
 /// Exit code of argp usage errors.
 pub const EX_USAGE: i32 = 64;
@@ -46,6 +48,15 @@ pub fn run(argv: &[String]) -> i32 {
         "get-allocated-inos" => inodes::allocated_main(rest),
         "get-fiemap" => fiemap::main(rest),
         "counters" => counters::main(rest),
+        "get-attr-x" => archive::get_attr_x_main(rest),
+        "set-attr-x" => archive::set_attr_x_main(rest),
+        "setattr" => archive::setattr_main(rest),
+        "release" => archive::release_main(rest),
+        "stage" => archive::stage_main(rest),
+        "punch-offline" => archive::punch_offline_main(rest),
+        "move-blocks" => archive::move_blocks_main(rest),
+        "data-waiting" => archive::data_waiting_main(rest),
+        "data-wait-err" => archive::data_wait_err_main(rest),
         "--help" | "-h" | "help" => {
             println!("Usage: scoutfs <command> [<args>]\n\nCommands: {COMMANDS}");
             0

@@ -31,6 +31,7 @@
 //! server link (STATFS, GET_LAST_SEQ), [`crate::bridge`], the kernel
 //! (sockets, statx, umount2) and the files under the run directory.
 
+mod archive;
 pub mod client;
 pub mod proto;
 pub mod sock;
@@ -84,6 +85,9 @@ pub struct Engine {
     pub mount: Arc<Mount>,
     pub link: Arc<dyn ServerLink>,
     pub bridge: Bridge,
+    /// Tells the kernel to drop cached attributes of inodes an operation
+    /// here changed (None when there is no FUSE session, e.g. tests).
+    pub notify: Option<crate::notify::KernelNotify>,
 }
 
 /// Who this mount is and what the status tree shows.
@@ -383,7 +387,7 @@ fn counters(engine: &Engine, ops: &OpCounters) -> Vec<(&'static str, u64)> {
     let m = engine.mount.merge_stats();
     let i = engine.mount.item_cache().stats();
     let b = engine.mount.block_cache().stats();
-    vec![
+    let mut v = vec![
         ("block_cache_clean", b.clean as u64),
         ("block_cache_dirty", b.dirty as u64),
         ("block_cache_evictions", b.evictions),
@@ -406,7 +410,9 @@ fn counters(engine: &Engine, ops: &OpCounters) -> Vec<(&'static str, u64)> {
         ("trans_commit_retries", t.retries),
         ("trans_commit_timer", t.timer_commits),
         ("trans_commits", t.commits),
-    ]
+    ];
+    v.extend(engine.fs.archive_stats().entries());
+    v
 }
 
 /// The peer's effective capabilities, from /proc/<pid>/status.
@@ -432,9 +438,11 @@ fn handle(conn: OwnedFd, id: &Identity, engine: &Engine, shared: &Shared) {
     let Ok(cred) = sock::peer_cred(&conn) else {
         return;
     };
-    let Ok((msg, fd)) = sock::recv(&conn) else {
+    let Ok((msg, mut fds)) = sock::recv_fds(&conn) else {
         return;
     };
+    let second = if fds.len() > 1 { fds.pop() } else { None };
+    let fd = fds.pop();
     let mut d = Dec::new(&msg);
     let op = match (d.u32(), d.u16(), d.u16()) {
         (Ok(REQ_MAGIC), Ok(op), Ok(_)) => Op::from_u16(op),
@@ -449,7 +457,7 @@ fn handle(conn: OwnedFd, id: &Identity, engine: &Engine, shared: &Shared) {
     let body = &msg[REQ_HEADER_BYTES..];
     let need = match op {
         Op::InoPath | Op::ReferringEntries => Some(CAP_DAC_READ_SEARCH),
-        Op::AllocatedInos | Op::Unmount => Some(CAP_SYS_ADMIN),
+        Op::AllocatedInos | Op::Unmount | Op::DataWaitErr => Some(CAP_SYS_ADMIN),
         _ => None,
     };
     if let Some(cap) = need {
@@ -459,28 +467,58 @@ fn handle(conn: OwnedFd, id: &Identity, engine: &Engine, shared: &Shared) {
             return;
         }
     }
-    let ino = match (op.takes_fd(), fd) {
-        (false, None) => None,
-        (true, Some(f)) => match file_ino(&f, id) {
-            Ok(ino) => {
-                // Closing a file of our own mount re-enters the daemon
-                // (FLUSH, RELEASE): here, on this thread, never on the
-                // executor.
-                drop(f);
-                Some(ino)
-            }
+    if second.is_some() != op.takes_second_fd() {
+        shared.ops.failed.fetch_add(1, Ordering::Relaxed);
+        reply_err(&conn, libc::EINVAL);
+        return;
+    }
+    let mut passed = Vec::new();
+    for f in [fd.as_ref(), second.as_ref()].into_iter().flatten() {
+        match file_ino(f, id) {
+            Ok(ino) => passed.push(archive::Passed {
+                ino,
+                flags: fd_flags(f),
+            }),
             Err(e) => {
                 shared.ops.failed.fetch_add(1, Ordering::Relaxed);
                 reply_err(&conn, e);
                 return;
             }
-        },
+        }
+    }
+    // Closing a file of our own mount re-enters the daemon (FLUSH,
+    // RELEASE): here, on this thread, never on the executor.
+    let had_fd = fd.is_some();
+    drop(fd);
+    drop(second);
+    let ino = match (op.takes_fd(), had_fd) {
+        (false, false) => None,
+        (true, true) => passed.first().map(|p| p.ino),
         _ => {
             shared.ops.failed.fetch_add(1, Ordering::Relaxed);
             reply_err(&conn, libc::EINVAL);
             return;
         }
     };
+    if archive::is_archive_op(op) {
+        let ctx = engine::fs::Ctx {
+            uid: cred.uid,
+            gid: cred.gid,
+            umask: 0,
+            cap_sys_admin: has_cap(cred.pid, CAP_SYS_ADMIN),
+        };
+        match archive::run(op, body, &passed, ctx, engine) {
+            Ok(reply) => {
+                shared.ops.served.fetch_add(1, Ordering::Relaxed);
+                let _ = sock::send(&conn, &reply.0, None);
+            }
+            Err(e) => {
+                shared.ops.failed.fetch_add(1, Ordering::Relaxed);
+                reply_err(&conn, e);
+            }
+        }
+        return;
+    }
     if op == Op::Unmount {
         match unmount(&id.mountpoint) {
             Ok(()) => {
@@ -531,6 +569,14 @@ fn file_ino(f: &OwnedFd, id: &Identity) -> Result<u64, i32> {
         return Err(libc::EXDEV);
     }
     Ok(stx.stx_ino)
+}
+
+/// A passed descriptor's open flags (F_GETFL): access mode, O_APPEND,
+/// O_DIRECT, O_DSYNC/O_SYNC as the caller opened it.
+fn fd_flags(f: &OwnedFd) -> i32 {
+    // SAFETY: F_GETFL on a descriptor we own; no memory involved.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    r.max(0)
 }
 
 /// umount2 of our own mount (not lazy: EBUSY while files are open there).
@@ -738,7 +784,7 @@ fn run_op(op: Op, body: &[u8], ino: Option<u64>, id: &Identity, e: &Engine) -> R
                 out
             }))
         }
-        Op::Unmount => Err(libc::EINVAL),
+        _ => Err(libc::EINVAL),
     }
 }
 

@@ -659,9 +659,15 @@ fn serve_mounted(
             Some(Ok(dev)) => {
                 let notifier = Arc::new(Notifier::new(dev, frontend.lookup_table()));
                 let nrt = rt.clone();
+                let wfs = Arc::downgrade(&node.fs);
                 slot.set(Arc::new(move |range, kept| {
                     let n = notifier.clone();
                     let rt = nrt.clone();
+                    if range.start.zone == engine::format::key::zone::FS && !kept.can_read() {
+                        if let Some(fs) = wfs.upgrade() {
+                            fs.wake_group_data_waiters(range.start.first);
+                        }
+                    }
                     Box::pin(async move {
                         rt.spawn_blocking(move || n.invalidate(range, kept)).await;
                     })
@@ -670,6 +676,7 @@ fn serve_mounted(
             _ => eprintln!("scoutfsd: no FUSE descriptor for lock revocations"),
         }
     }
+    let on_interrupt = frontend.on_interrupt();
     let server = Arc::new(fuse_backend_rs::api::server::Server::new(frontend));
     let fail = |e: io::Error, node: Node| {
         let _ = session::unmount_lazy(&mountpoint);
@@ -677,7 +684,7 @@ fn serve_mounted(
         let _ = exec.block_on(shut_down(node));
         Err(ServeError::Fuse(e))
     };
-    let workers = match Workers::start(&session, server.clone(), workers) {
+    let workers = match Workers::start(session.clone(), server.clone(), workers, on_interrupt) {
         Ok(w) => w,
         Err(e) => return fail(e, node),
     };
@@ -697,6 +704,10 @@ fn serve_mounted(
                 mount: node.mount.clone(),
                 link: node.conn.link.clone(),
                 bridge: bridge.clone(),
+                notify: session
+                    .get_fuse_file()
+                    .and_then(|f| f.try_clone().ok())
+                    .map(|f| crate::notify::KernelNotify::new(Arc::new(f))),
             };
             Control::start(id, engine)
         });

@@ -86,6 +86,24 @@ pub struct ScoutFuse {
     next_handle: AtomicU64,
 }
 
+/// What a worker calls with the unique id of an interrupted request.
+pub type OnInterrupt = Arc<dyn Fn(u64) + Send + Sync>;
+
+thread_local! {
+    /// The unique id of the request this worker thread is handling (0:
+    /// none): the tag of any data wait it starts.
+    static CURRENT_REQUEST: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Set by the worker around each request (session.rs).
+pub fn set_current_request(unique: u64) {
+    CURRENT_REQUEST.with(|c| c.set(unique));
+}
+
+fn current_request() -> u64 {
+    CURRENT_REQUEST.with(|c| c.get())
+}
+
 fn ctx_of(c: &Context) -> Ctx {
     Ctx {
         uid: c.uid,
@@ -151,6 +169,13 @@ impl ScoutFuse {
 
     fn handle(&self) -> u64 {
         self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// What FUSE_INTERRUPT calls: fails a data wait of that request with
+    /// EINTR (engine waiters.rs), so a killed reader is let go.
+    pub fn on_interrupt(&self) -> OnInterrupt {
+        let fs = self.fs.clone();
+        Arc::new(move |unique| fs.interrupt_data_waiter(unique))
     }
 
     /// Lookup count of `ino` (for tests and the status tree).
@@ -228,10 +253,11 @@ impl FileSystem for ScoutFuse {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         let fs = self.fs.clone();
+        let tag = current_request();
         let set = setattr_of(&attr, valid);
         let a = self
             .bridge
-            .run(async move { fs.setattr(ino, &set).await })?;
+            .run(async move { fs.setattr_as(ino, &set, tag).await })?;
         Ok((stat_of(&a), Duration::ZERO))
     }
 
@@ -367,9 +393,10 @@ impl FileSystem for ScoutFuse {
         _flags: u32,
     ) -> io::Result<usize> {
         let fs = self.fs.clone();
+        let tag = current_request();
         let data = self
             .bridge
-            .run(async move { fs.read(ino, offset, size).await })?;
+            .run(async move { fs.read_as(ino, offset, size, tag).await })?;
         w.write_all(&data)?;
         Ok(data.len())
     }
@@ -394,9 +421,10 @@ impl FileSystem for ScoutFuse {
             kill_suidgid: fuse_flags & WRITE_KILL_SUIDGID != 0,
         };
         let fs = self.fs.clone();
+        let tag = current_request();
         let (_, n) = self
             .bridge
-            .run(async move { fs.write_with(ino, offset, &data, wf).await })?;
+            .run(async move { fs.write_as(ino, offset, &data, wf, tag).await })?;
         Ok(n)
     }
 

@@ -18,6 +18,10 @@
 //! I/O, so no page cache needs dropping. Notifications run on a blocking
 //! pool thread, never on an engine executor thread.
 //!
+//! [`KernelNotify`] is the other user of the device: after an operation
+//! of the control socket changed an inode outside a FUSE request, the
+//! control thread drops the kernel's cached attributes and pages of it.
+//!
 //! Touches the FUSE device (write(2) of notify messages) and the
 //! frontend's lookup table.
 
@@ -135,5 +139,39 @@ impl Notifier {
             self.inval_inode(ino);
         }
         self.inc_epoch();
+    }
+}
+
+/// Sends notifications on a mount's /dev/fuse connection.
+#[derive(Debug, Clone)]
+pub struct KernelNotify {
+    dev: Arc<File>,
+}
+
+impl KernelNotify {
+    /// Notifications over `dev` (the session's /dev/fuse file).
+    pub fn new(dev: Arc<File>) -> KernelNotify {
+        KernelNotify { dev }
+    }
+
+    /// Drops the kernel's cached attributes and pages of `ino`.
+    pub fn inval_inode(&self, ino: u64) -> io::Result<()> {
+        const LEN: usize = 16 + 24;
+        let mut msg = [0u8; LEN];
+        msg[0..4].copy_from_slice(&(LEN as u32).to_le_bytes());
+        msg[4..8].copy_from_slice(&NOTIFY_INVAL_INODE.to_le_bytes());
+        // unique 0: a notification. Body: ino, off 0, len 0 (whole file).
+        msg[16..24].copy_from_slice(&ino.to_le_bytes());
+        // SAFETY: writes `msg.len()` bytes from a live buffer to a
+        // descriptor we hold open.
+        let n = unsafe { libc::write(self.dev.as_raw_fd(), msg.as_ptr().cast(), msg.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 }

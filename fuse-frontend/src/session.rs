@@ -9,9 +9,18 @@
 //! [`Workers`] runs several threads that each read one request at a time
 //! from the device and answer it through fuse-backend-rs's `Server`: with
 //! the engine call of each parked in its own thread, that many requests
-//! are in flight. They all return once the kernel ends the connection
+//! are in flight. When every worker is inside a request one more starts
+//! (up to [`WORKERS_MAX`]): requests waiting for offline data may hold
+//! their worker for as long as a restore takes. They all return once the kernel ends the connection
 //! (unmount: the device read fails with ENODEV) or [`FuseSession::wake`]
 //! is called.
+//!
+//! FUSE_INTERRUPT (which fuse-backend-rs drops) is taken off the channel
+//! here and handed to the filesystem's [`OnInterrupt`]; every other
+//! request's unique id is published to the filesystem for the duration of
+//! its handling ([`crate::filesystem::set_current_request`]), so an
+//! operation that waits (for offline data) can be interrupted — a reader
+//! killed with SIGKILL stays in the kernel until its request is answered.
 //!
 //! Touches the kernel (mount(2), umount2(2), /dev/fuse) and the FUSE
 //! server; nothing of the engine.
@@ -23,13 +32,14 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::FuseSession;
 
-use crate::filesystem::ScoutFuse;
+use crate::filesystem::{OnInterrupt, ScoutFuse};
 
 /// Bytes of one request buffer: fuse-backend-rs's session buffer (256
 /// pages and a header page). The kernel is told `max_read` of that size so
@@ -152,50 +162,147 @@ pub fn unmount_lazy(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Most FUSE worker threads a session grows to. Requests waiting for
+/// offline data keep their worker; the pool grows when every worker is
+/// busy, so waiting readers never leave the stager (which must open the
+/// file through FUSE) or anyone else without a worker.
+pub const WORKERS_MAX: usize = 256;
+
+/// What every worker of a session shares.
+struct Pool {
+    session: Arc<FuseSession>,
+    server: Arc<Server<ScoutFuse>>,
+    on_interrupt: OnInterrupt,
+    /// Workers started, and workers inside a request.
+    started: AtomicUsize,
+    busy: AtomicUsize,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Pool {
+    /// Starts one more worker (unless at [`WORKERS_MAX`]).
+    fn grow(self: &Arc<Self>) -> io::Result<()> {
+        let nr = self.started.fetch_add(1, Ordering::AcqRel);
+        if nr >= WORKERS_MAX {
+            self.started.fetch_sub(1, Ordering::AcqRel);
+            return Ok(());
+        }
+        let mut ch = match self.session.new_channel() {
+            Ok(ch) => ch,
+            Err(e) => {
+                self.started.fetch_sub(1, Ordering::AcqRel);
+                return Err(io::Error::other(e.to_string()));
+            }
+        };
+        let pool = self.clone();
+        // FUSE workers block in the kernel (device reads) and on their
+        // engine call by design: they are the frontend's own threads,
+        // not engine code.
+        #[allow(clippy::disallowed_methods)]
+        let t = std::thread::Builder::new()
+            .name(format!("scoutfs-fuse-{nr}"))
+            .spawn(move || serve_channel(&mut ch, &pool));
+        match t {
+            Ok(t) => {
+                self.threads
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(t);
+                Ok(())
+            }
+            Err(e) => {
+                self.started.fetch_sub(1, Ordering::AcqRel);
+                Err(e)
+            }
+        }
+    }
+}
+
 /// The worker threads of one session.
 pub struct Workers {
-    threads: Vec<JoinHandle<()>>,
+    pool: Arc<Pool>,
 }
 
 impl Workers {
-    /// Starts `count` threads serving `session` with `server`.
+    /// Starts `count` threads serving `session` with `server`; more start
+    /// while all are busy (up to [`WORKERS_MAX`]).
     pub fn start(
-        session: &FuseSession,
+        session: Arc<FuseSession>,
         server: Arc<Server<ScoutFuse>>,
         count: usize,
+        on_interrupt: OnInterrupt,
     ) -> io::Result<Workers> {
-        let mut threads = Vec::with_capacity(count);
-        for nr in 0..count.max(1) {
-            let mut ch = session
-                .new_channel()
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            let server = server.clone();
-            // FUSE workers block in the kernel (device reads) and on their
-            // engine call by design: they are the frontend's own threads,
-            // not engine code.
-            #[allow(clippy::disallowed_methods)]
-            let t = std::thread::Builder::new()
-                .name(format!("scoutfs-fuse-{nr}"))
-                .spawn(move || serve_channel(&mut ch, &server))?;
-            threads.push(t);
+        let pool = Arc::new(Pool {
+            session,
+            server,
+            on_interrupt,
+            started: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
+            threads: Mutex::new(Vec::new()),
+        });
+        for _ in 0..count.clamp(1, WORKERS_MAX) {
+            pool.grow()?;
         }
-        Ok(Workers { threads })
+        Ok(Workers { pool })
     }
 
-    /// Waits until every worker has returned.
+    /// Workers started so far (tests).
+    pub fn count(&self) -> usize {
+        self.pool.started.load(Ordering::Acquire)
+    }
+
+    /// Waits until every worker has returned (those started meanwhile
+    /// too).
     pub fn join(self) {
-        for t in self.threads {
-            let _ = t.join();
+        loop {
+            let t = self
+                .pool
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop();
+            match t {
+                Some(t) => {
+                    let _ = t.join();
+                }
+                None => return,
+            }
         }
     }
 }
 
-fn serve_channel(ch: &mut fuse_backend_rs::transport::FuseChannel, server: &Server<ScoutFuse>) {
+fn serve_channel(ch: &mut fuse_backend_rs::transport::FuseChannel, pool: &Arc<Pool>) {
+    let (server, on_interrupt) = (&pool.server, &pool.on_interrupt);
+    use fuse_backend_rs::abi::fuse_abi::{InHeader, InterruptIn, Opcode};
     use fuse_backend_rs::Error as FuseError;
     loop {
         match ch.get_request() {
             Ok(Some((reader, writer))) => {
-                match server.handle_message(reader, writer.into(), None, None) {
+                let mut peek = reader.clone();
+                let unique = match peek.read_obj::<InHeader>() {
+                    Ok(h) if h.opcode == Opcode::Interrupt as u32 => {
+                        // No reply: the interrupted request answers.
+                        if let Ok(i) = peek.read_obj::<InterruptIn>() {
+                            on_interrupt(i.unique);
+                        }
+                        continue;
+                    }
+                    Ok(h) => h.unique,
+                    Err(_) => 0,
+                };
+                let busy = pool.busy.fetch_add(1, Ordering::AcqRel) + 1;
+                if busy >= pool.started.load(Ordering::Acquire) {
+                    // Every worker is inside a request (some may wait for
+                    // offline data for long): keep one free to read.
+                    if let Err(e) = pool.grow() {
+                        eprintln!("scoutfsd: starting a FUSE worker failed: {e}");
+                    }
+                }
+                crate::filesystem::set_current_request(unique);
+                let handled = server.handle_message(reader, writer.into(), None, None);
+                crate::filesystem::set_current_request(0);
+                pool.busy.fetch_sub(1, Ordering::AcqRel);
+                match handled {
                     Ok(_) => {}
                     // The kernel no longer waits for this reply (the
                     // request was interrupted or the connection ended).

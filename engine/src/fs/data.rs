@@ -29,16 +29,19 @@
 //! * fallocate (mode 0 and KEEP_SIZE) maps holes with UNWRITTEN extents,
 //!   which read as zeros and turn written block by block as data lands.
 //!
+//! * A read meeting offline blocks in its range, and a write to a file
+//!   with any offline block, wait for them (waiters.rs) and retry.
+//!
 //! Not done: preallocation, punching holes, fallocate over offline extents
-//! (left offline), waiting for offline data (a write over an offline extent
-//! just allocates; a read of one returns zeros).
+//! (left offline).
 
 use drivers::AlignedBuf;
 use zerocopy::FromBytes;
 
 use super::{
-    bytes_of, io_errno, is_dir, is_reg, Batch, Fs, FsResult, BLOCK_BYTES, BLOCK_SHIFT,
-    MAX_FILE_BYTES, S_ISGID, S_ISUID, S_IXGRP, TRUNCATE_EXTENTS_PER_HOLD, WRITE_BLOCKS_PER_HOLD,
+    bytes_of, io_errno, is_dir, is_reg, Batch, Fs, FsResult, Tried, BLOCK_BYTES, BLOCK_SHIFT,
+    DATA_WAIT_READ, DATA_WAIT_WRITE, MAX_FILE_BYTES, S_ISGID, S_ISUID, S_IXGRP,
+    TRUNCATE_EXTENTS_PER_HOLD, WRITE_BLOCKS_PER_HOLD,
 };
 use crate::format::items::{
     data_extent_key, DataExtent, EXTENT_FLAG_OFFLINE, EXTENT_FLAG_UNWRITTEN, INODE_FLAG_TRUNCATE,
@@ -81,11 +84,11 @@ impl Extent {
         self.start + self.len - 1
     }
 
-    fn key(&self, ino: u64) -> crate::format::Key {
+    pub(super) fn key(&self, ino: u64) -> crate::format::Key {
         data_extent_key(ino, self.last(), self.len)
     }
 
-    fn val(&self) -> Vec<u8> {
+    pub(super) fn val(&self) -> Vec<u8> {
         bytes_of(&DataExtent {
             blkno: self.blkno.into(),
             flags: self.flags,
@@ -94,7 +97,7 @@ impl Extent {
     }
 
     /// The part of `self` covering `start..start+len` (inside it).
-    fn slice(&self, start: u64, len: u64) -> Extent {
+    pub(super) fn slice(&self, start: u64, len: u64) -> Extent {
         debug_assert!(start >= self.start && start + len - 1 <= self.last());
         Extent {
             start,
@@ -122,7 +125,7 @@ impl Extent {
 }
 
 /// Online/offline block counts an extent contributes.
-fn block_counts(e: &Extent) -> (u64, u64) {
+pub(super) fn block_counts(e: &Extent) -> (u64, u64) {
     if e.blkno != 0 {
         (e.len, 0)
     } else if e.flags & EXTENT_FLAG_OFFLINE != 0 {
@@ -175,7 +178,7 @@ impl Fs {
 
     /// Inserts an extent over a range with no extents, merging it with
     /// contiguous neighbours.
-    async fn insert_extent(&self, ino: u64, e: Extent) -> FsResult<()> {
+    pub(super) async fn insert_extent(&self, ino: u64, e: Extent) -> FsResult<()> {
         let mut e = e;
         if e.start > 0 {
             if let Some(left) = self.extent_at_or_after(ino, e.start - 1).await? {
@@ -204,7 +207,7 @@ impl Fs {
     /// Removes the mapping of blocks `start..=end` from up to `max`
     /// extents, keeping the pieces of partly covered extents. Returns the
     /// removed pieces and whether the whole range is clear.
-    async fn punch(
+    pub(super) async fn punch(
         &self,
         ino: u64,
         start: u64,
@@ -254,9 +257,31 @@ impl Fs {
         r.map_err(|e| io_errno(&e))
     }
 
-    /// Reads up to `len` bytes at `offset` (short at EOF); holes, unwritten
-    /// and offline blocks read as zeros.
+    /// Reads up to `len` bytes at `offset` (short at EOF); holes and
+    /// unwritten blocks read as zeros, offline blocks are waited for.
     pub async fn read(&self, ino: u64, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+        self.read_as(ino, offset, len, 0).await
+    }
+
+    /// [`Fs::read`] for the frontend request `tag`: offline blocks in the
+    /// range are waited for (§9), interruptibly
+    /// ([`Fs::interrupt_data_waiter`]).
+    pub async fn read_as(&self, ino: u64, offset: u64, len: u32, tag: u64) -> FsResult<Vec<u8>> {
+        loop {
+            match self.read_once(ino, offset, len, tag).await? {
+                Tried::Done(v) => return Ok(v),
+                Tried::Wait(w) => w.await?,
+            }
+        }
+    }
+
+    async fn read_once(
+        &self,
+        ino: u64,
+        offset: u64,
+        len: u32,
+        tag: u64,
+    ) -> FsResult<Tried<'_, Vec<u8>>> {
         let _op = self.op_lock.lock().await;
         let _locks = self.lock(&[ino], LockMode::Read).await?;
         let i = self.read_inode(ino).await?;
@@ -269,12 +294,17 @@ impl Fs {
         }
         let size = i.size.get();
         if offset >= size || len == 0 {
-            return Ok(Vec::new());
+            return Ok(Tried::Done(Vec::new()));
         }
         let end = size.min(offset.saturating_add(len as u64));
         let mut out = vec![0u8; (end - offset) as usize];
         let first_block = offset >> BLOCK_SHIFT;
         let last_block = (end - 1) >> BLOCK_SHIFT;
+        if i.offline_blocks.get() > 0 {
+            if let Some(b) = self.first_offline(ino, first_block, last_block).await? {
+                return Ok(Tried::Wait(self.data_wait(ino, b, DATA_WAIT_READ, tag)));
+            }
+        }
         let mut b = first_block;
         while b <= last_block {
             let Some(e) = self.extent_at_or_after(ino, b).await? else {
@@ -306,7 +336,7 @@ impl Fs {
             }
             b = hi + 1;
         }
-        Ok(out)
+        Ok(Tried::Done(out))
     }
 
     /// Writes `data` at `offset`, extending the size; returns the bytes
@@ -326,6 +356,36 @@ impl Fs {
         data: &[u8],
         flags: WriteFlags,
     ) -> FsResult<(u64, usize)> {
+        self.write_as(ino, offset, data, flags, 0).await
+    }
+
+    /// [`Fs::write_with`] for the frontend request `tag`: a file with any
+    /// offline block waits for it first (§9: data_version is per inode),
+    /// interruptibly ([`Fs::interrupt_data_waiter`]).
+    pub async fn write_as(
+        &self,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+        flags: WriteFlags,
+        tag: u64,
+    ) -> FsResult<(u64, usize)> {
+        loop {
+            match self.write_once(ino, offset, data, flags, tag).await? {
+                Tried::Done(r) => return Ok(r),
+                Tried::Wait(w) => w.await?,
+            }
+        }
+    }
+
+    async fn write_once(
+        &self,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+        flags: WriteFlags,
+        tag: u64,
+    ) -> FsResult<Tried<'_, (u64, usize)>> {
         let _op = self.op_lock.lock().await;
         let _locks = self.lock(&[ino], LockMode::Write).await?;
         let offset = {
@@ -336,6 +396,11 @@ impl Fs {
             }
             if !is_reg(mode) {
                 return Err(libc::EINVAL);
+            }
+            self.check_retention(&i)?;
+            if i.offline_blocks.get() > 0 && !data.is_empty() {
+                let b = self.first_offline(ino, 0, u64::MAX).await?.unwrap_or(0);
+                return Ok(Tried::Wait(self.data_wait(ino, b, DATA_WAIT_WRITE, tag)));
             }
             // The size of a pending truncate is already the new size.
             if flags.append {
@@ -349,7 +414,7 @@ impl Fs {
             .filter(|&e| e <= MAX_FILE_BYTES)
             .ok_or(libc::EFBIG)?;
         if data.is_empty() {
-            return Ok((offset, 0));
+            return Ok(Tried::Done((offset, 0)));
         }
         self.finish_truncate(ino).await?;
         let piece = WRITE_BLOCKS_PER_HOLD * BLOCK_BYTES;
@@ -358,10 +423,11 @@ impl Fs {
             // Pieces end on block boundaries after the first.
             let piece_end = ((at / piece) + 1).saturating_mul(piece).min(end);
             let slice = &data[(at - offset) as usize..(piece_end - offset) as usize];
-            self.write_piece(ino, at, slice, flags.kill_suidgid).await?;
+            self.write_piece(ino, at, slice, flags.kill_suidgid, false)
+                .await?;
             at = piece_end;
         }
-        Ok((offset, data.len()))
+        Ok(Tried::Done((offset, data.len())))
     }
 
     /// Allocates unwritten extents over the holes of `offset..offset+len`
@@ -392,6 +458,7 @@ impl Fs {
             if !is_reg(m) {
                 return Err(libc::ENODEV);
             }
+            self.check_retention(&i)?;
         }
         self.finish_truncate(ino).await?;
         let last = (end - 1) >> BLOCK_SHIFT;
@@ -451,12 +518,13 @@ impl Fs {
         }
     }
 
-    async fn write_piece(
+    pub(super) async fn write_piece(
         &self,
         ino: u64,
         offset: u64,
         data: &[u8],
         kill_suidgid: bool,
+        staging: bool,
     ) -> FsResult<()> {
         let now = self.now();
         let end = offset + data.len() as u64;
@@ -522,9 +590,15 @@ impl Fs {
         if end > i.size.get() {
             i.size = end.into();
         }
-        i.mtime = now.to_disk();
-        i.ctime = now.to_disk();
-        bt.data_dirty(ino);
+        if staging {
+            // Stage (§9) restores content: no mtime, ctime, data_seq or
+            // data_version change.
+            bt.dirty(ino);
+        } else {
+            i.mtime = now.to_disk();
+            i.ctime = now.to_disk();
+            bt.data_dirty(ino);
+        }
         bt.store_all().await?;
         drop(hold);
         Ok(())
@@ -668,6 +742,11 @@ impl Fs {
                 bt.store_all().await?;
             }
             drop(hold);
+            if offline > 0 {
+                // Readers waiting for blocks that no longer exist retry
+                // (and find a hole or EOF).
+                self.wake_data_waiters(ino);
+            }
             if done {
                 return Ok(());
             }

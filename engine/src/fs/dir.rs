@@ -424,6 +424,7 @@ impl Fs {
         let hold = self.hold(true).await?;
         let mut b = Batch::new(self);
         b.load(ino).await?;
+        self.check_retention(b.inode(ino))?;
         let (mode, nlink) = {
             let i = b.inode(ino);
             (i.mode.get(), i.nlink.get())
@@ -484,6 +485,7 @@ impl Fs {
         self.load_dir(&mut b, parent).await?;
         let f = self.find_entry(parent, name).await?.ok_or(libc::ENOENT)?;
         b.load(f.ino).await?;
+        self.check_retention(b.inode(f.ino))?;
         let tmode = b.inode(f.ino).mode.get();
         match (want_dir, is_dir(tmode)) {
             (false, true) => return Err(libc::EISDIR),
@@ -564,6 +566,7 @@ impl Fs {
             .await?
             .ok_or(libc::ENOENT)?;
         b.load(src.ino).await?;
+        self.check_retention(b.inode(src.ino))?;
         let src_dir = is_dir(b.inode(src.ino).mode.get());
         let dst = self.find_entry(new_parent, new_name).await?;
         if let Some(d) = dst {
@@ -575,6 +578,7 @@ impl Fs {
                 return Err(libc::EEXIST);
             }
             b.load(d.ino).await?;
+            self.check_retention(b.inode(d.ino))?;
             let dst_dir = is_dir(b.inode(d.ino).mode.get());
             match (src_dir, dst_dir) {
                 (true, false) => return Err(libc::ENOTDIR),

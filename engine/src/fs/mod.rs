@@ -23,6 +23,10 @@
 //! * The orphan item exists exactly while nlink is 0 and the inode's items
 //!   exist. An unlinked inode's items are deleted when nothing holds it open
 //!   (see [`Fs::open`]/[`Fs::release`]).
+//! * Archive features (archive.rs, waiters.rs): release/stage/punch/move
+//!   keep data_version (§9); a retained inode refuses every change with
+//!   EPERM ([`Fs::check_retention`]); reads, writes and size changes that
+//!   meet offline data wait without holding op_lock.
 //! * Operations of one `Fs` are serialised by one async mutex (the per-inode
 //!   locks and cluster locks of the original come with the node layer); a
 //!   group of item changes is never observed half-done by another call of
@@ -36,17 +40,18 @@
 //! Not done here: permission checks (the frontend checks with the caller's
 //! uid/gid/groups, e.g. FUSE `default_permissions`), POSIX ACL enforcement
 //! (ACL xattrs are stored like any other), `.srch.` log entries (the item API
-//! has no srch log yet), quota rules, retention, waiting for offline data,
-//! data preallocation, atime updates on read (atime changes only through
+//! has no srch log yet), quota rules, data preallocation, atime updates on read (atime changes only through
 //! setattr).
 //!
 //! Touches only [`crate::item::api`] (items, transactions, allocation),
 //! [`crate::format`] (encodings) and the data device ([`drivers::BlockDevice`]).
 
+mod archive;
 mod data;
 mod dir;
 pub mod locking;
 mod query;
+mod waiters;
 mod xattr;
 
 use std::collections::BTreeMap;
@@ -65,6 +70,7 @@ use crate::item::api::{HoldGuard, Items, Transactions};
 use crate::lock::LockMode;
 use locking::{lock_inodes, FsLocks, Held, LocalLocks};
 
+pub use archive::{SetAttrX, MOVE_BLOCKS_STAGE};
 pub use data::{
     Extent, WriteFlags, FALLOCATE_EXTENTS_PER_HOLD, FALLOCATE_STEP_BLOCKS, FALLOC_FL_KEEP_SIZE,
 };
@@ -73,10 +79,22 @@ pub use dir::{
     RENAME_WHITEOUT,
 };
 pub use query::{IndexKind, InoPath, RefEntry, INODE_GROUP_NR, PATH_BYTES_MAX};
+pub use waiters::{
+    ArchiveStats, DataWait, DataWaiting, DATA_WAIT_CHANGE_SIZE, DATA_WAIT_ERRNO_MAX, DATA_WAIT_OPS,
+    DATA_WAIT_READ, DATA_WAIT_WRITE,
+};
 pub use xattr::{parse_tags, parse_u64, Tags, XATTR_CREATE, XATTR_REPLACE};
 
 /// Result of a filesystem operation: errors are positive errnos.
 pub type FsResult<T> = Result<T, i32>;
+
+/// One attempt of an operation that may have to wait for offline data:
+/// done, or a registered wait to await (locks already dropped) before the
+/// operation is tried again.
+pub(crate) enum Tried<'a, T> {
+    Done(T),
+    Wait(DataWait<'a>),
+}
 
 /// The root directory's inode number (and FUSE node id).
 pub const ROOT_INO: u64 = crate::format::items::ROOT_INO;
@@ -257,6 +275,9 @@ pub struct Fs {
     locks: Arc<dyn FsLocks>,
     op_lock: AsyncMutex<()>,
     state: Mutex<State>,
+    /// Tasks waiting for offline data (waiters.rs).
+    waiters: waiters::Waiters,
+    archive_stats: ArchiveStats,
 }
 
 impl std::fmt::Debug for Fs {
@@ -311,6 +332,8 @@ impl Fs {
             locks,
             op_lock: AsyncMutex::new(()),
             state: Mutex::new(State::default()),
+            waiters: waiters::Waiters::default(),
+            archive_stats: ArchiveStats::default(),
         }
     }
 
@@ -408,8 +431,37 @@ impl Fs {
     /// file (§7.4: the TRUNCATE flag is set with the size change, extents are
     /// freed over as many holds as needed, then the flag is cleared).
     pub async fn setattr(&self, ino: u64, set: &SetAttr) -> FsResult<Attr> {
+        self.setattr_as(ino, set, 0).await
+    }
+
+    /// [`Fs::setattr`] for the frontend request `tag`: a size change to a
+    /// nonzero size of a file with offline blocks waits for them (§9),
+    /// interruptibly ([`Fs::interrupt_data_waiter`]).
+    pub async fn setattr_as(&self, ino: u64, set: &SetAttr, tag: u64) -> FsResult<Attr> {
+        loop {
+            match self.setattr_once(ino, set, tag).await? {
+                Tried::Done(a) => return Ok(a),
+                Tried::Wait(w) => w.await?,
+            }
+        }
+    }
+
+    async fn setattr_once(&self, ino: u64, set: &SetAttr, tag: u64) -> FsResult<Tried<'_, Attr>> {
         let _op = self.op_lock.lock().await;
         let _locks = self.lock(&[ino], LockMode::Write).await?;
+        {
+            let cur = self.read_inode(ino).await?;
+            self.check_retention(&cur)?;
+            if set.size.is_some_and(|s| s > 0) && cur.offline_blocks.get() > 0 {
+                let b = self.first_offline(ino, 0, u64::MAX).await?.unwrap_or(0);
+                return Ok(Tried::Wait(self.data_wait(
+                    ino,
+                    b,
+                    DATA_WAIT_CHANGE_SIZE,
+                    tag,
+                )));
+            }
+        }
         self.finish_truncate(ino).await?;
         let now = self.now();
         let hold = self.hold(false).await?;
@@ -489,7 +541,7 @@ impl Fs {
             self.finish_truncate(ino).await?;
         }
         let i = self.read_inode(ino).await?;
-        Ok(Attr::from_inode(ino, &i))
+        Ok(Tried::Done(Attr::from_inode(ino, &i)))
     }
 
     /// Makes everything done so far durable.

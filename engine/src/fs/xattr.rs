@@ -40,6 +40,9 @@ use crate::format::key::Key;
 use crate::format::{FORMAT_VERSION_V2, MAX_VAL_SIZE};
 use crate::lock::LockMode;
 
+/// Retention (§7.3, §9) guards only the xattrs of this namespace.
+const RETAINED_PREFIX: &[u8] = b"user.";
+
 /// setxattr flags (Linux values).
 pub const XATTR_CREATE: u32 = 1;
 pub const XATTR_REPLACE: u32 = 2;
@@ -296,6 +299,9 @@ impl Fs {
         let hold = self.hold(true).await?;
         let mut b = Batch::new(self);
         b.load(ino).await?;
+        if name.starts_with(RETAINED_PREFIX) {
+            self.check_retention(b.inode(ino))?;
+        }
         let old = self.find_xattr(ino, name).await?;
         match (&old, flags) {
             (Some(_), f) if f & XATTR_CREATE != 0 => return Err(libc::EEXIST),
@@ -429,6 +435,9 @@ impl Fs {
         let hold = self.hold(false).await?;
         let mut b = Batch::new(self);
         b.load(ino).await?;
+        if name.starts_with(RETAINED_PREFIX) {
+            self.check_retention(b.inode(ino))?;
+        }
         let old = self.find_xattr(ino, name).await?.ok_or(libc::ENODATA)?;
         self.delete_xattr_items(ino, name, &old).await?;
         b.inode(ino).ctime = now.to_disk();

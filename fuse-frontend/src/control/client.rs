@@ -9,8 +9,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use super::proto::{
-    Dec, Enc, FiemapExtent, Op, RefEntry, StatReply, StatfsReply, WalkPos, FIEMAP_BATCH_MAX,
-    WALK_BATCH_MAX,
+    AttrX, Dec, Enc, FiemapExtent, Op, RefEntry, SetAttrXReq, StatReply, StatfsReply, WaitingRow,
+    WalkPos, DATA_WAITING_BATCH_MAX, FIEMAP_BATCH_MAX, STAGE_BYTES_MAX, WALK_BATCH_MAX,
 };
 use super::sock;
 
@@ -61,6 +61,14 @@ impl Client {
 
     /// Sends `req` (with `fd`) and returns the reply body of a success.
     pub fn call(&self, req: &Enc, fd: Option<&OwnedFd>) -> io::Result<Vec<u8>> {
+        match fd {
+            Some(f) => self.call_fds(req, &[f]),
+            None => self.call_fds(req, &[]),
+        }
+    }
+
+    /// [`Client::call`] passing several descriptors, in order.
+    pub fn call_fds(&self, req: &Enc, fds: &[&OwnedFd]) -> io::Result<Vec<u8>> {
         let conn = sock::connect(&self.ident).map_err(|e| {
             // A by-dev file left by a daemon that died: no such mount.
             match e.raw_os_error() {
@@ -68,7 +76,8 @@ impl Client {
                 _ => e,
             }
         })?;
-        sock::send(&conn, &req.0, fd.map(|f| f.as_fd()))?;
+        let pass: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        sock::send_fds(&conn, &req.0, &pass)?;
         let (reply, _) = sock::recv(&conn)?;
         let mut d = Dec::new(&reply);
         let status = d.i32()?;
@@ -205,6 +214,119 @@ impl Client {
 
     /// Asks the daemon to unmount, commit, say farewell and exit; returns
     /// once it has done all but exiting.
+    /// GET_ATTR_X of the open file `f`.
+    pub fn get_attr_x(&self, f: &OwnedFd) -> io::Result<AttrX> {
+        let body = self.call(&Enc::request(Op::GetAttrX), Some(f))?;
+        AttrX::decode(&mut Dec::new(&body))
+    }
+
+    /// SET_ATTR_X on the open file `f`; returns the attributes after.
+    pub fn set_attr_x(&self, f: &OwnedFd, req: &SetAttrXReq) -> io::Result<AttrX> {
+        let mut e = Enc::request(Op::SetAttrX);
+        req.encode(&mut e);
+        let body = self.call(&e, Some(f))?;
+        AttrX::decode(&mut Dec::new(&body))
+    }
+
+    /// RELEASE of `offset..offset+len` of `f` (opened for write).
+    pub fn release(&self, f: &OwnedFd, offset: u64, len: u64, data_version: u64) -> io::Result<()> {
+        let mut e = Enc::request(Op::Release);
+        e.u64(offset).u64(len).u64(data_version);
+        self.call(&e, Some(f)).map(|_| ())
+    }
+
+    /// STAGE of `data` (at most [`STAGE_BYTES_MAX`]) at `offset`.
+    pub fn stage(
+        &self,
+        f: &OwnedFd,
+        data_version: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> io::Result<usize> {
+        if data.len() > STAGE_BYTES_MAX {
+            return Err(errno(libc::EINVAL));
+        }
+        let mut e = Enc::request(Op::Stage);
+        e.u64(data_version).u64(offset).bytes(data);
+        let body = self.call(&e, Some(f))?;
+        Ok(Dec::new(&body).u32()? as usize)
+    }
+
+    /// PUNCH_OFFLINE of `offset..offset+len` of `f`.
+    pub fn punch_offline(
+        &self,
+        f: &OwnedFd,
+        offset: u64,
+        len: u64,
+        data_version: u64,
+    ) -> io::Result<()> {
+        let mut e = Enc::request(Op::PunchOffline);
+        e.u64(offset).u64(len).u64(data_version).u32(0);
+        self.call(&e, Some(f)).map(|_| ())
+    }
+
+    /// MOVE_BLOCKS from `from` to `to`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn move_blocks(
+        &self,
+        to: &OwnedFd,
+        from: &OwnedFd,
+        from_off: u64,
+        len: u64,
+        to_off: u64,
+        data_version: u64,
+        flags: u32,
+    ) -> io::Result<()> {
+        let mut e = Enc::request(Op::MoveBlocks);
+        e.u64(from_off)
+            .u64(len)
+            .u64(to_off)
+            .u64(data_version)
+            .u32(flags);
+        self.call_fds(&e, &[to, from]).map(|_| ())
+    }
+
+    /// One batch of DATA_WAITING from `(ino, iblock)` on.
+    pub fn data_waiting(&self, ino: u64, iblock: u64) -> io::Result<Vec<WaitingRow>> {
+        let mut e = Enc::request(Op::DataWaiting);
+        e.u64(ino).u64(iblock).u32(DATA_WAITING_BATCH_MAX);
+        let body = self.call(&e, None)?;
+        let mut d = Dec::new(&body);
+        let n = d.u32()?;
+        let mut out = Vec::with_capacity(n.min(DATA_WAITING_BATCH_MAX) as usize);
+        for _ in 0..n {
+            let ino = d.u64()?;
+            let iblock = d.u64()?;
+            let ops = d.u8()?;
+            d.u8()?;
+            d.u16()?;
+            d.u32()?;
+            out.push(WaitingRow { ino, iblock, ops });
+        }
+        Ok(out)
+    }
+
+    /// DATA_WAIT_ERR: the number of waiters failed.
+    pub fn data_wait_err(
+        &self,
+        ino: u64,
+        data_version: u64,
+        offset: u64,
+        count: u64,
+        ops: u64,
+        err: i64,
+    ) -> io::Result<u64> {
+        let mut e = Enc::request(Op::DataWaitErr);
+        e.u64(ino)
+            .u64(data_version)
+            .u64(offset)
+            .u64(count)
+            .u64(ops)
+            .u64(err as u64);
+        let body = self.call(&e, None)?;
+        Dec::new(&body).u64()
+    }
+
     pub fn unmount(&self) -> io::Result<()> {
         self.call(&Enc::request(Op::Unmount), None).map(|_| ())
     }

@@ -57,6 +57,25 @@ pub enum Op {
     Fiemap = 9,
     /// umount2 by the daemon, then commit, farewell, exit (CAP_SYS_ADMIN).
     Unmount = 10,
+    /// fd → [`AttrX`].
+    GetAttrX = 11,
+    /// fd, [`SetAttrXReq`] → [`AttrX`] (CAP_SYS_ADMIN, checked by the engine).
+    SetAttrX = 12,
+    /// fd (open for write), offset, length, data_version.
+    Release = 13,
+    /// fd (open for write, no O_APPEND/O_DIRECT/O_DSYNC/O_SYNC),
+    /// data_version, offset, bytes → bytes staged u32.
+    Stage = 14,
+    /// fd (open for write), offset, length, data_version, flags u32.
+    PunchOffline = 15,
+    /// fds (to, from; both open for write), from_off, len, to_off,
+    /// data_version, flags u32.
+    MoveBlocks = 16,
+    /// ino, iblock, max u32 → n u32, n × (ino, iblock, ops u8, pad).
+    DataWaiting = 17,
+    /// ino, data_version, offset, count, op u64, err i64 → n u64
+    /// (CAP_SYS_ADMIN).
+    DataWaitErr = 18,
 }
 
 impl Op {
@@ -72,13 +91,36 @@ impl Op {
             8 => Op::AllocatedInos,
             9 => Op::Fiemap,
             10 => Op::Unmount,
+            11 => Op::GetAttrX,
+            12 => Op::SetAttrX,
+            13 => Op::Release,
+            14 => Op::Stage,
+            15 => Op::PunchOffline,
+            16 => Op::MoveBlocks,
+            17 => Op::DataWaiting,
+            18 => Op::DataWaitErr,
             _ => return None,
         })
     }
 
     /// Whether the request carries the file it is about.
     pub fn takes_fd(self) -> bool {
-        matches!(self, Op::Stat | Op::Fiemap)
+        matches!(
+            self,
+            Op::Stat
+                | Op::Fiemap
+                | Op::GetAttrX
+                | Op::SetAttrX
+                | Op::Release
+                | Op::Stage
+                | Op::PunchOffline
+                | Op::MoveBlocks
+        )
+    }
+
+    /// Whether the request carries a second file (move-blocks' source).
+    pub fn takes_second_fd(self) -> bool {
+        self == Op::MoveBlocks
     }
 }
 
@@ -155,6 +197,137 @@ pub struct RefEntry {
     pub pos: u64,
     pub dtype: u8,
     pub name: Vec<u8>,
+}
+
+/// Bytes a STAGE request carries at most: whole blocks that fit a
+/// message with the header and the fixed fields.
+pub const STAGE_BYTES_MAX: usize = 15 * 4096;
+// A full stage request (header, data_version, offset, length) fits.
+const _: () = assert!(REQ_HEADER_BYTES + 16 + 4 + STAGE_BYTES_MAX <= MSG_BYTES_MAX);
+/// Rows a DATA_WAITING reply carries at most.
+pub const DATA_WAITING_BATCH_MAX: u32 = 1024;
+
+/// SET_ATTR_X mask bits: which fields to set.
+pub const IAX_DATA_VERSION: u32 = 1 << 0;
+pub const IAX_SIZE: u32 = 1 << 1;
+pub const IAX_CTIME: u32 = 1 << 2;
+pub const IAX_CRTIME: u32 = 1 << 3;
+pub const IAX_RETENTION: u32 = 1 << 4;
+pub const IAX_PROJECT_ID: u32 = 1 << 5;
+/// SET_ATTR_X / AttrX flags.
+pub const IAX_F_SIZE_OFFLINE: u32 = 1 << 0;
+pub const IAX_F_RETENTION: u32 = 1 << 1;
+
+/// GET_ATTR_X's answer (the original's `scoutfs_ioctl_inode_attr_x`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttrX {
+    pub meta_seq: u64,
+    pub data_seq: u64,
+    pub data_version: u64,
+    pub online_blocks: u64,
+    pub offline_blocks: u64,
+    pub ctime_sec: u64,
+    pub ctime_nsec: u32,
+    pub crtime_sec: u64,
+    pub crtime_nsec: u32,
+    pub size: u64,
+    /// [`IAX_F_RETENTION`] when the inode is retained.
+    pub flags: u32,
+    pub project_id: u64,
+}
+
+impl AttrX {
+    pub fn encode(&self, e: &mut Enc) {
+        e.u64(self.meta_seq)
+            .u64(self.data_seq)
+            .u64(self.data_version)
+            .u64(self.online_blocks)
+            .u64(self.offline_blocks)
+            .u64(self.ctime_sec)
+            .u32(self.ctime_nsec)
+            .u32(0)
+            .u64(self.crtime_sec)
+            .u32(self.crtime_nsec)
+            .u32(self.flags)
+            .u64(self.size)
+            .u64(self.project_id);
+    }
+
+    pub fn decode(d: &mut Dec<'_>) -> io::Result<AttrX> {
+        let mut a = AttrX {
+            meta_seq: d.u64()?,
+            data_seq: d.u64()?,
+            data_version: d.u64()?,
+            online_blocks: d.u64()?,
+            offline_blocks: d.u64()?,
+            ctime_sec: d.u64()?,
+            ctime_nsec: d.u32()?,
+            ..AttrX::default()
+        };
+        d.u32()?;
+        a.crtime_sec = d.u64()?;
+        a.crtime_nsec = d.u32()?;
+        a.flags = d.u32()?;
+        a.size = d.u64()?;
+        a.project_id = d.u64()?;
+        Ok(a)
+    }
+}
+
+/// SET_ATTR_X's request: `mask` says which fields apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetAttrXReq {
+    pub mask: u32,
+    pub flags: u32,
+    pub data_version: u64,
+    pub size: u64,
+    pub ctime_sec: u64,
+    pub ctime_nsec: u32,
+    pub crtime_sec: u64,
+    pub crtime_nsec: u32,
+    pub project_id: u64,
+}
+
+impl SetAttrXReq {
+    pub fn encode(&self, e: &mut Enc) {
+        e.u32(self.mask)
+            .u32(self.flags)
+            .u64(self.data_version)
+            .u64(self.size)
+            .u64(self.ctime_sec)
+            .u32(self.ctime_nsec)
+            .u32(0)
+            .u64(self.crtime_sec)
+            .u32(self.crtime_nsec)
+            .u32(0)
+            .u64(self.project_id);
+    }
+
+    pub fn decode(d: &mut Dec<'_>) -> io::Result<SetAttrXReq> {
+        let mut r = SetAttrXReq {
+            mask: d.u32()?,
+            flags: d.u32()?,
+            data_version: d.u64()?,
+            size: d.u64()?,
+            ctime_sec: d.u64()?,
+            ctime_nsec: d.u32()?,
+            ..SetAttrXReq::default()
+        };
+        d.u32()?;
+        r.crtime_sec = d.u64()?;
+        r.crtime_nsec = d.u32()?;
+        d.u32()?;
+        r.project_id = d.u64()?;
+        Ok(r)
+    }
+}
+
+/// A DATA_WAITING row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WaitingRow {
+    pub ino: u64,
+    pub iblock: u64,
+    pub ops: u8,
 }
 
 /// Builds a message body.
@@ -366,6 +539,48 @@ mod tests {
         assert_eq!(d.bytes().unwrap(), b"name");
         assert_eq!(d.remaining(), 0);
         assert!(d.u8().is_err());
+    }
+
+    #[test]
+    fn archive_bodies_round_trip_and_short_ones_fail() {
+        let a = AttrX {
+            meta_seq: 1,
+            data_seq: 2,
+            data_version: 3,
+            online_blocks: 4,
+            offline_blocks: 5,
+            ctime_sec: 6,
+            ctime_nsec: 7,
+            crtime_sec: 8,
+            crtime_nsec: 9,
+            size: 10,
+            flags: IAX_F_RETENTION,
+            project_id: 11,
+        };
+        let mut e = Enc::default();
+        a.encode(&mut e);
+        assert_eq!(AttrX::decode(&mut Dec::new(&e.0)).unwrap(), a);
+        assert!(AttrX::decode(&mut Dec::new(&e.0[..e.0.len() - 1])).is_err());
+        let r = SetAttrXReq {
+            mask: IAX_DATA_VERSION | IAX_SIZE | IAX_CTIME,
+            flags: IAX_F_SIZE_OFFLINE,
+            data_version: 1,
+            size: 2,
+            ctime_sec: 3,
+            ctime_nsec: 4,
+            crtime_sec: 5,
+            crtime_nsec: 6,
+            project_id: 7,
+        };
+        let mut e = Enc::default();
+        r.encode(&mut e);
+        assert_eq!(SetAttrXReq::decode(&mut Dec::new(&e.0)).unwrap(), r);
+        assert!(SetAttrXReq::decode(&mut Dec::new(&e.0[..20])).is_err());
+        for op in 11..=18 {
+            assert!(Op::from_u16(op).is_some());
+        }
+        assert!(Op::MoveBlocks.takes_fd() && Op::MoveBlocks.takes_second_fd());
+        assert!(!Op::DataWaiting.takes_fd());
     }
 
     #[test]

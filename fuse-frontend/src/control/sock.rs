@@ -180,6 +180,21 @@ union CmsgBuf {
 
 /// Sends one message, with `pass` in SCM_RIGHTS when given.
 pub fn send(fd: &OwnedFd, msg: &[u8], pass: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    match pass {
+        Some(p) => send_fds(fd, msg, &[p]),
+        None => send_fds(fd, msg, &[]),
+    }
+}
+
+/// Descriptors one message carries at most (move-blocks passes two).
+pub const PASS_FDS_MAX: usize = 2;
+
+/// Sends one message with up to [`PASS_FDS_MAX`] descriptors in
+/// SCM_RIGHTS.
+pub fn send_fds(fd: &OwnedFd, msg: &[u8], pass: &[BorrowedFd<'_>]) -> io::Result<()> {
+    if pass.len() > PASS_FDS_MAX {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
     let mut iov = libc::iovec {
         iov_base: msg.as_ptr() as *mut libc::c_void,
         iov_len: msg.len(),
@@ -189,19 +204,22 @@ pub fn send(fd: &OwnedFd, msg: &[u8], pass: Option<BorrowedFd<'_>>) -> io::Resul
     mh.msg_iov = &mut iov;
     mh.msg_iovlen = 1;
     let mut cbuf = CmsgBuf { bytes: [0; 64] };
-    if let Some(p) = pass {
+    if !pass.is_empty() {
+        let data_len = (size_of::<RawFd>() * pass.len()) as u32;
         // SAFETY: CMSG_SPACE is a pure size computation.
-        let space = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as usize;
+        let space = unsafe { libc::CMSG_SPACE(data_len) } as usize;
         mh.msg_control = (&mut cbuf as *mut CmsgBuf).cast();
         mh.msg_controllen = space;
         // SAFETY: msg_control points at `cbuf`, large enough for one
-        // cmsghdr with one descriptor (space <= 64 bytes).
+        // cmsghdr with PASS_FDS_MAX descriptors (space <= 64 bytes).
         unsafe {
             let c = libc::CMSG_FIRSTHDR(&mh);
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>(), p.as_raw_fd());
+            (*c).cmsg_len = libc::CMSG_LEN(data_len) as usize;
+            for (i, p) in pass.iter().enumerate() {
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<RawFd>().add(i), p.as_raw_fd());
+            }
         }
     }
     // SAFETY: `mh` points at live buffers for the duration of the call.
@@ -219,6 +237,13 @@ pub fn send(fd: &OwnedFd, msg: &[u8], pass: Option<BorrowedFd<'_>>) -> io::Resul
 /// descriptor it carries, if any. A truncated message is EMSGSIZE; an
 /// orderly shutdown with nothing sent is ECONNRESET.
 pub fn recv(fd: &OwnedFd) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    let (msg, fds) = recv_fds(fd)?;
+    Ok((msg, fds.into_iter().next()))
+}
+
+/// [`recv`] keeping up to [`PASS_FDS_MAX`] descriptors, in the order
+/// sent; any more a peer sent are closed.
+pub fn recv_fds(fd: &OwnedFd) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let mut buf = vec![0u8; MSG_BYTES_MAX];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
@@ -236,7 +261,7 @@ pub fn recv(fd: &OwnedFd) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut passed = None;
+    let mut passed = Vec::new();
     // SAFETY: the kernel filled `mh.msg_control` with well-formed cmsgs
     // up to msg_controllen; CMSG_FIRSTHDR/NXTHDR stay inside it.
     unsafe {
@@ -247,10 +272,10 @@ pub fn recv(fd: &OwnedFd) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
                 let bytes = (*c).cmsg_len - libc::CMSG_LEN(0) as usize;
                 for i in 0..bytes / size_of::<RawFd>() {
                     let raw = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
-                    // Keep the first; close any extra a peer sent.
+                    // Keep the first ones; close any extra a peer sent.
                     let owned = OwnedFd::from_raw_fd(raw);
-                    if passed.is_none() {
-                        passed = Some(owned);
+                    if passed.len() < PASS_FDS_MAX {
+                        passed.push(owned);
                     }
                 }
             }
