@@ -46,6 +46,7 @@
 mod data;
 mod dir;
 mod query;
+mod quota;
 mod xattr;
 
 use std::collections::BTreeMap;
@@ -70,6 +71,7 @@ pub use dir::{
     RENAME_WHITEOUT,
 };
 pub use query::{IndexKind, InoPath, RefEntry, INODE_GROUP_NR, PATH_BYTES_MAX};
+pub use quota::{governing_rule, rule_order, rule_valid, QuotaAttrs, TagCounters, QUOTA_VALIDITY};
 pub use xattr::{parse_tags, parse_u64, Tags, XATTR_CREATE, XATTR_REPLACE};
 
 /// Result of a filesystem operation: errors are positive errnos.
@@ -251,6 +253,8 @@ pub struct Fs {
     clock: Clock,
     op_lock: AsyncMutex<()>,
     state: Mutex<State>,
+    quota: Mutex<quota::QuotaState>,
+    tag_counters: TagCounters,
 }
 
 impl std::fmt::Debug for Fs {
@@ -284,11 +288,18 @@ impl Fs {
             clock,
             op_lock: AsyncMutex::new(()),
             state: Mutex::new(State::default()),
+            quota: Mutex::new(quota::QuotaState::default()),
+            tag_counters: TagCounters::default(),
         }
     }
 
     pub fn fmt_vers(&self) -> u64 {
         self.fmt_vers
+    }
+
+    /// The xattr-tag and quota counters.
+    pub fn tag_counters(&self) -> &TagCounters {
+        &self.tag_counters
     }
 
     fn now(&self) -> Time {
