@@ -34,6 +34,7 @@
 pub mod client;
 pub mod proto;
 pub mod sock;
+mod tags;
 
 use std::ffi::CString;
 use std::io;
@@ -383,7 +384,7 @@ fn counters(engine: &Engine, ops: &OpCounters) -> Vec<(&'static str, u64)> {
     let m = engine.mount.merge_stats();
     let i = engine.mount.item_cache().stats();
     let b = engine.mount.block_cache().stats();
-    vec![
+    let mut v = vec![
         ("block_cache_clean", b.clean as u64),
         ("block_cache_dirty", b.dirty as u64),
         ("block_cache_evictions", b.evictions),
@@ -406,7 +407,10 @@ fn counters(engine: &Engine, ops: &OpCounters) -> Vec<(&'static str, u64)> {
         ("trans_commit_retries", t.retries),
         ("trans_commit_timer", t.timer_commits),
         ("trans_commits", t.commits),
-    ]
+    ];
+    v.extend(engine.fs.tag_counters().snapshot());
+    v.sort();
+    v
 }
 
 /// The peer's effective capabilities, from /proc/<pid>/status.
@@ -449,7 +453,13 @@ fn handle(conn: OwnedFd, id: &Identity, engine: &Engine, shared: &Shared) {
     let body = &msg[REQ_HEADER_BYTES..];
     let need = match op {
         Op::InoPath | Op::ReferringEntries => Some(CAP_DAC_READ_SEARCH),
-        Op::AllocatedInos | Op::Unmount => Some(CAP_SYS_ADMIN),
+        Op::AllocatedInos
+        | Op::Unmount
+        | Op::ReadXattrTotals
+        | Op::ReadXattrIndex
+        | Op::QuotaAdd
+        | Op::QuotaDel
+        | Op::QuotaWipe => Some(CAP_SYS_ADMIN),
         _ => None,
     };
     if let Some(cap) = need {
@@ -739,6 +749,13 @@ fn run_op(op: Op, body: &[u8], ino: Option<u64>, id: &Identity, e: &Engine) -> R
             }))
         }
         Op::Unmount => Err(libc::EINVAL),
+        Op::ReadXattrTotals
+        | Op::ReadXattrIndex
+        | Op::ListHiddenXattrs
+        | Op::QuotaList
+        | Op::QuotaAdd
+        | Op::QuotaDel
+        | Op::QuotaWipe => tags::run_tag_op(op, &mut d, ino, e, out),
     }
 }
 

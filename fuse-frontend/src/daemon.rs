@@ -348,6 +348,9 @@ async fn bring_up(
         mount.fmt_vers(),
         Box::new(wall_clock),
     ));
+    fs.set_stable_items(Arc::new(engine::weak::WeakReader::new(
+        mount.block_cache().clone(),
+    )));
     Ok(Node {
         conn,
         mount,

@@ -28,6 +28,15 @@ pub const FIEMAP_BATCH_MAX: u32 = 1024;
 /// Bytes of referring-entry names a reply carries at most.
 pub const REFS_BYTES_MAX: usize = MSG_BYTES_MAX - 1024;
 
+/// Totals a READ_XATTR_TOTALS reply carries at most.
+pub const TOTALS_BATCH_MAX: usize = 1024;
+/// Entries a READ_XATTR_INDEX reply carries at most.
+pub const INDEX_BATCH_MAX: usize = 1024;
+/// Rules a QUOTA_LIST reply carries at most.
+pub const QUOTA_BATCH_MAX: usize = 1024;
+/// Bytes of a quota rule value.
+pub const QUOTA_RULE_BYTES: usize = 48;
+
 /// FIEMAP extent flags, as `linux/fiemap.h` defines them.
 pub const FIEMAP_EXTENT_LAST: u32 = 0x1;
 pub const FIEMAP_EXTENT_UNKNOWN: u32 = 0x2;
@@ -57,6 +66,20 @@ pub enum Op {
     Fiemap = 9,
     /// umount2 by the daemon, then commit, farewell, exit (CAP_SYS_ADMIN).
     Unmount = 10,
+    /// cursor name[3] → `.totl.` totals (CAP_SYS_ADMIN; commits first).
+    ReadXattrTotals = 11,
+    /// first/last (major, minor, ino) → `.indx.` entries (CAP_SYS_ADMIN).
+    ReadXattrIndex = 12,
+    /// fd, cursor index → `.hide.` xattr names.
+    ListHiddenXattrs = 13,
+    /// cursor index → quota rules (48-byte values, key order).
+    QuotaList = 14,
+    /// rule → – (CAP_SYS_ADMIN).
+    QuotaAdd = 15,
+    /// rule → – (CAP_SYS_ADMIN).
+    QuotaDel = 16,
+    /// – → deleted count u64 (CAP_SYS_ADMIN).
+    QuotaWipe = 17,
 }
 
 impl Op {
@@ -72,13 +95,20 @@ impl Op {
             8 => Op::AllocatedInos,
             9 => Op::Fiemap,
             10 => Op::Unmount,
+            11 => Op::ReadXattrTotals,
+            12 => Op::ReadXattrIndex,
+            13 => Op::ListHiddenXattrs,
+            14 => Op::QuotaList,
+            15 => Op::QuotaAdd,
+            16 => Op::QuotaDel,
+            17 => Op::QuotaWipe,
             _ => return None,
         })
     }
 
     /// Whether the request carries the file it is about.
     pub fn takes_fd(self) -> bool {
-        matches!(self, Op::Stat | Op::Fiemap)
+        matches!(self, Op::Stat | Op::Fiemap | Op::ListHiddenXattrs)
     }
 }
 
@@ -147,6 +177,14 @@ pub struct FiemapExtent {
     pub physical: u64,
     pub length: u64,
     pub flags: u32,
+}
+
+/// One `.totl.` total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XattrTotal {
+    pub name: [u64; 3],
+    pub total: u64,
+    pub count: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
