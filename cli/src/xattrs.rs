@@ -117,12 +117,13 @@ fn index_pos(s: &str, fill: u64) -> Result<(u8, u64, u64), String> {
 /// `scoutfs read-xattr-index`.
 pub fn index_main(argv: &[String]) -> i32 {
     const CMD: &str = "read-xattr-index";
-    let p = match args::parse(
+    let p = match args::parse_opts(
         CMD,
         "FIRST-POS LAST-POS",
         "Print entries of .indx. tagged xattrs",
         &[PATH],
         argv,
+        true,
     ) {
         Ok(p) => p,
         Err(s) => return args::stop_code(CMD, s),
