@@ -204,7 +204,7 @@ pub fn list_main(argv: &[String]) -> i32 {
         }
     }
     if !p.opts.iter().any(|(c, _)| *c == 'U') {
-        rules.sort_by(|a, b| engine::fs::rule_order(b).cmp(&engine::fs::rule_order(a)));
+        rules.sort_by_key(|r| std::cmp::Reverse(engine::fs::rule_order(r)));
     }
     let mut out = std::io::stdout().lock();
     for r in &rules {
