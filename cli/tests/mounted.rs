@@ -466,10 +466,8 @@ fn removexattr(p: &Path, name: &str) {
     let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
     let name = std::ffi::CString::new(name).unwrap();
     // SAFETY: valid NUL-terminated strings for the call.
-    assert_eq!(
-        unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) },
-        0
-    );
+    let r = unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) };
+    assert_eq!(r, 0);
 }
 
 fn scoutfs_stdin(args: &[&str], input: &str) -> Output {
