@@ -23,8 +23,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drivers::FaultDevice;
+use engine::block::BlockCache;
+use engine::btree::Btree;
 use engine::format::items::{QuotaRule, QUOTA_OP_DATA, QUOTA_OP_INODE, QUOTA_RULE_FLAG_TOTL_COUNT};
+use engine::format::log_trees::LogMergeRequest;
+use engine::format::net::Cmd;
 use engine::fs::{Ctx, Fs, ROOT_INO};
+use engine::link::ServerLink;
+use engine::merge::client::{merge_request_with, MergeLimits};
 use engine::runtime::{Runtime, Sim};
 use engine::server::{InProcessLink, Server, ServerOptions};
 use engine::trans::{Mount, MountOptions};
@@ -32,6 +38,7 @@ use engine::weak::WeakReader;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use server_support::{mkfs, mount_fs, root_ctx, Client, GIB};
+use zerocopy::{FromBytes, IntoBytes};
 
 const MOUNTS: u64 = 3;
 const FILES_PER_MOUNT: usize = 6;
@@ -67,6 +74,11 @@ async fn open_node(
 }
 
 async fn cluster(seed: u64, rt: Runtime) -> (Arc<Server>, Vec<Node>) {
+    let (s, n, _) = cluster_devs(seed, rt).await;
+    (s, n)
+}
+
+async fn cluster_devs(seed: u64, rt: Runtime) -> (Arc<Server>, Vec<Node>, FaultDevice) {
     let (meta, data) = mkfs(2 * GIB, 8 * GIB, seed);
     let server = Server::open(
         Arc::new(meta.clone()),
@@ -83,7 +95,7 @@ async fn cluster(seed: u64, rt: Runtime) -> (Arc<Server>, Vec<Node>) {
     for rid in 1..=MOUNTS {
         nodes.push(open_node(&server, &meta, &data, &rt, rid).await);
     }
-    (server, nodes)
+    (server, nodes, meta)
 }
 
 fn user(uid: u32) -> Ctx {
@@ -187,6 +199,121 @@ fn totals_are_exact_across_mounts_and_merges() {
     for seed in 0..seeds {
         run_totals(0x7a95_0000 + seed);
     }
+}
+
+/// One merge request done the way a mount's merge worker does it, with
+/// tiny limits so that it stops early (REMAIN) and the merge stays half
+/// done; false when the server has no work.
+async fn merge_one_request(server: &Arc<Server>, meta: &FaultDevice, rt: &Runtime) -> bool {
+    let link = InProcessLink::new(server.clone(), 1);
+    let reply = match link.call(Cmd::GetLogMerge, Vec::new()).await {
+        Ok(r) => r,
+        Err(libc::ENOENT) => return false,
+        Err(e) => panic!("GET_LOG_MERGE: {e}"),
+    };
+    let req = LogMergeRequest::read_from_bytes(&reply).expect("request");
+    let r = rt.clone();
+    let cache = Arc::new(BlockCache::new(
+        Arc::new(meta.clone()),
+        server.fsid(),
+        256,
+        Arc::new(move || r.random_u64()),
+    ));
+    let btree = Btree::new(cache.clone());
+    let limits = MergeLimits {
+        dirty_limit_blocks: 2,
+        alloc_low_blocks: 1,
+        window_bytes: 4096,
+    };
+    let comp = merge_request_with(&btree, &req, &limits)
+        .await
+        .expect("merge");
+    cache.write_dirty_and_flush().await.expect("write");
+    link.call(Cmd::CommitLogMerge, comp.as_bytes().to_vec())
+        .await
+        .expect("COMMIT_LOG_MERGE");
+    true
+}
+
+/// Trap 15 (38d36c9f, 5e2009f9): totals read while a merge is half done
+/// (some ranges folded into fs_root, the rest still in the input trees,
+/// newer deltas in open trees) are exact after every merge request.
+#[test]
+fn totals_are_exact_while_a_merge_is_half_done() {
+    let sim = Sim::new(31);
+    let rt = sim.runtime();
+    sim.block_on(async move {
+        let many: u64 = std::env::var("SCOUTFS_TAG_MERGE_KEYS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(120);
+        let mut rng = SmallRng::seed_from_u64(31);
+        let (server, nodes, meta) = cluster_devs(31, rt.clone()).await;
+        let root = root_ctx();
+        let mut inos = Vec::new();
+        for n in &nodes {
+            inos.push(
+                n.fs.tmpfile(&root, ROOT_INO, 0o644)
+                    .await
+                    .expect("tmpfile")
+                    .ino,
+            );
+        }
+        let mut values: BTreeMap<(usize, u64), u64> = BTreeMap::new();
+        let name = |k: u64| format!("scoutfs.totl.m.2.{k}.0").into_bytes();
+        let check = |values: &BTreeMap<(usize, u64), u64>| {
+            let mut want: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+            for ((_, k), v) in values {
+                let e = want.entry(*k).or_default();
+                e.0 += v;
+                e.1 += 1;
+            }
+            want
+        };
+        let mut requests = 0;
+        for round in 0..2 {
+            for (i, n) in nodes.iter().enumerate() {
+                for _ in 0..many / 2 {
+                    let k = rng.gen_range(0..many);
+                    let v = rng.gen_range(1..1000u64);
+                    n.fs.setxattr(&root, inos[i], &name(k), v.to_string().as_bytes(), 0)
+                        .await
+                        .expect("set");
+                    values.insert((i, k), v);
+                }
+            }
+            sync_all(&nodes).await;
+            // Trees are finalized at the next transaction: open them.
+            sync_all(&nodes).await;
+            let want = check(&values);
+            loop {
+                // The mounts read in turn (the roots are the same for all).
+                let i = requests % nodes.len();
+                {
+                    let n = &nodes[i];
+                    let got =
+                        n.fs.read_xattr_totals([0, 0, 0], 10_000)
+                            .await
+                            .expect("totals");
+                    let got: BTreeMap<u64, (u64, u64)> = got
+                        .iter()
+                        .map(|t| (t.name[1], (t.total, t.count)))
+                        .collect();
+                    assert_eq!(
+                        got, want,
+                        "round {round} after {requests} requests, mount {i}"
+                    );
+                }
+                if !merge_one_request(&server, &meta, &rt).await {
+                    break;
+                }
+                requests += 1;
+            }
+            while server.background().await.expect("background") {}
+        }
+        eprintln!("{requests} merge requests");
+        assert!(requests > 4, "merges were not partial: {requests} requests");
+    });
 }
 
 #[test]
