@@ -36,11 +36,15 @@
 //! Not done here: permission checks (the frontend checks with the caller's
 //! uid/gid/groups, e.g. FUSE `default_permissions`), POSIX ACL enforcement
 //! (ACL xattrs are stored like any other), `.srch.` log entries (the item API
-//! has no srch log yet), quota rules, retention, waiting for offline data,
+//! has no srch log yet), retention, waiting for offline data,
 //! data preallocation, atime updates on read (atime changes only through
 //! setattr).
 //!
+//! Quota rules are enforced here (`quota.rs`) over the stable-root reader
+//! the frontend gives with [`Fs::set_stable_items`].
+//!
 //! Touches only [`crate::item::api`] (items, transactions, allocation),
+//! [`crate::weak`] (the stable-root reader trait),
 //! [`crate::format`] (encodings) and the data device ([`drivers::BlockDevice`]).
 
 mod data;
