@@ -21,12 +21,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::args::{self, OptSpec};
 use crate::mnt;
 
-const PATH: OptSpec = OptSpec {
-    short: 'p',
-    long: "path",
-    takes_arg: true,
-    help: "Path to ScoutFS filesystem",
-};
+use crate::mnt::{path_opt, PATH_OPT as PATH};
 const RULE: OptSpec = OptSpec {
     short: 'r',
     long: "rule",
@@ -115,14 +110,6 @@ pub fn format_rule(r: &QuotaRule) -> String {
     };
     s.push_str(&format!("{op} {} {flag}", r.limit.get()));
     s
-}
-
-fn path_opt(p: &args::Parsed) -> Option<String> {
-    p.opts
-        .iter()
-        .rev()
-        .find(|(c, _)| *c == 'p')
-        .and_then(|(_, v)| v.clone())
 }
 
 fn client(cmd: &str, p: &args::Parsed) -> Result<mnt::Client, i32> {

@@ -13,23 +13,10 @@
 use std::io::Write;
 use std::os::fd::OwnedFd;
 
-use crate::args::{self, OptSpec};
+use crate::args;
 use crate::mnt;
 
-const PATH: OptSpec = OptSpec {
-    short: 'p',
-    long: "path",
-    takes_arg: true,
-    help: "Path to ScoutFS filesystem",
-};
-
-fn path_opt(p: &args::Parsed) -> Option<String> {
-    p.opts
-        .iter()
-        .rev()
-        .find(|(c, _)| *c == 'p')
-        .and_then(|(_, v)| v.clone())
-}
+use crate::mnt::{path_opt, PATH_OPT as PATH};
 
 fn ioctl_failed(cmd: &str, what: &str, e: i32) -> i32 {
     eprintln!("{what} ioctl failed: {} ({e})", crate::strerror(e));

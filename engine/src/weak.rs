@@ -32,8 +32,9 @@ use std::sync::Arc;
 
 use zerocopy::FromBytes;
 
-use crate::block::{BlockCache, Error};
+use crate::block::BlockCache;
 use crate::btree::Btree;
+use crate::forest::Attempt;
 use crate::format::btree::ITEM_FLAG_DELETION;
 use crate::format::btree_block::NodeItem;
 use crate::format::items::TotlValue;
@@ -79,20 +80,6 @@ pub struct WeakReader {
 impl std::fmt::Debug for WeakReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WeakReader").finish()
-    }
-}
-
-enum Attempt {
-    Stale,
-    Fail(i32),
-}
-
-impl From<Error> for Attempt {
-    fn from(e: Error) -> Attempt {
-        match e {
-            Error::Stale(_) => Attempt::Stale,
-            other => Attempt::Fail(other.errno()),
-        }
     }
 }
 

@@ -257,17 +257,10 @@ impl Fs {
         // Our own uncommitted rule changes must be seen by the read.
         self.trans.sync().await?;
         let _op = self.op_lock.lock().await;
-        let existing = stable
-            .items(
-                quota_rule_key(hash, 0),
-                quota_rule_key(hash, u64::MAX),
-                RULES_BATCH,
-            )
-            .await?;
+        let existing = rules_at(&*stable, hash).await?;
         let mut nr = 0;
-        for (k, v) in &existing {
-            let r = QuotaRule::read_from_bytes(v).map_err(|_| libc::EIO)?;
-            if same_rule(&r, &rule) {
+        for (k, r) in &existing {
+            if same_rule(r, &rule) {
                 return Err(libc::EEXIST);
             }
             if k.third == nr {
@@ -293,17 +286,10 @@ impl Fs {
         // Our own uncommitted rule changes must be seen by the read.
         self.trans.sync().await?;
         let _op = self.op_lock.lock().await;
-        let existing = stable
-            .items(
-                quota_rule_key(hash, 0),
-                quota_rule_key(hash, u64::MAX),
-                RULES_BATCH,
-            )
-            .await?;
+        let existing = rules_at(&*stable, hash).await?;
         let mut found = None;
-        for (k, v) in &existing {
-            let r = QuotaRule::read_from_bytes(v).map_err(|_| libc::EIO)?;
-            if same_rule(&r, rule) {
+        for (k, r) in &existing {
+            if same_rule(r, rule) {
                 found = Some(*k);
             }
         }
@@ -496,6 +482,20 @@ impl Fs {
             })
             .collect())
     }
+}
+
+/// The rule items with one rule hash (every collision number).
+async fn rules_at(stable: &dyn StableItems, hash: u64) -> FsResult<Vec<(Key, QuotaRule)>> {
+    stable
+        .items(
+            quota_rule_key(hash, 0),
+            quota_rule_key(hash, u64::MAX),
+            RULES_BATCH,
+        )
+        .await?
+        .into_iter()
+        .map(|(k, v)| Ok((k, QuotaRule::read_from_bytes(&v).map_err(|_| libc::EIO)?)))
+        .collect()
 }
 
 /// Every rule item, in key order.
