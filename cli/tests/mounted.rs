@@ -607,5 +607,25 @@ fn xattr_tag_and_quota_commands_print_what_the_original_prints() {
         }
     }
     ok(&["quota-wipe", "-p", &mnt]);
+
+    // The status tree counts what happened (rewritten once a second).
+    let counter = |out: &str, name: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    loop {
+        let out = ok(&["counters", &mnt]);
+        if counter(&out, "quota_edquot") >= 1
+            && counter(&out, "xattr_totl_reads") >= 2
+            && counter(&out, "xattr_indx_reads") >= 3
+            && counter(&out, "quota_checks") >= 2
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "counters: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     v.unmount();
 }
