@@ -18,12 +18,15 @@ pub mod inodes;
 pub mod mkfs;
 pub mod mnt;
 pub mod print;
+pub mod quota;
 pub mod stat;
 pub mod walk;
+pub mod xattrs;
 
 const COMMANDS: &str = "mkfs, print, check, walk-inodes, stat, statfs, df, sync, ino-path, \
 get-referring-entries, get-allocated-inos, get-fiemap, counters, get-attr-x, set-attr-x, setattr, \
-release, stage, punch-offline, move-blocks, data-waiting, data-wait-err";
+release, stage, punch-offline, move-blocks, data-waiting, data-wait-err, read-xattr-totals, \
+read-xattr-index, list-hidden-xattrs, quota-add, quota-del, quota-list, quota-wipe, quota-restore";
 
 /// Exit code of argp usage errors.
 pub const EX_USAGE: i32 = 64;
@@ -57,6 +60,14 @@ pub fn run(argv: &[String]) -> i32 {
         "move-blocks" => archive::move_blocks_main(rest),
         "data-waiting" => archive::data_waiting_main(rest),
         "data-wait-err" => archive::data_wait_err_main(rest),
+        "read-xattr-totals" => xattrs::totals_main(rest),
+        "read-xattr-index" => xattrs::index_main(rest),
+        "list-hidden-xattrs" => xattrs::hidden_main(rest),
+        "quota-add" => quota::change_main(rest, true),
+        "quota-del" => quota::change_main(rest, false),
+        "quota-list" => quota::list_main(rest),
+        "quota-wipe" => quota::wipe_main(rest),
+        "quota-restore" => quota::restore_main(rest),
         "--help" | "-h" | "help" => {
             println!("Usage: scoutfs <command> [<args>]\n\nCommands: {COMMANDS}");
             0

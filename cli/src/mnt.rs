@@ -50,3 +50,20 @@ pub fn client_for(given: Option<&str>) -> Result<Result<Client, i32>, i32> {
     let f = open(&path)?;
     Ok(Client::for_file(&f).map_err(|e| errno(&e)))
 }
+
+/// The `-p/--path` option of the commands that talk to a mount.
+pub const PATH_OPT: crate::args::OptSpec = crate::args::OptSpec {
+    short: 'p',
+    long: "path",
+    takes_arg: true,
+    help: "Path to ScoutFS filesystem",
+};
+
+/// The last `-p` given.
+pub fn path_opt(p: &crate::args::Parsed) -> Option<String> {
+    p.opts
+        .iter()
+        .rev()
+        .find(|(c, _)| *c == 'p')
+        .and_then(|(_, v)| v.clone())
+}

@@ -14,6 +14,8 @@
 
 mod support;
 
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use fuse_frontend::control::client::Client;
@@ -294,4 +296,192 @@ fn control_commands_print_what_the_original_prints() {
     }
     v.unmount();
     assert!(!status_dir.exists(), "status tree left behind");
+}
+
+fn setxattr(p: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid NUL-terminated strings and a value slice for the call.
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn removexattr(p: &Path, name: &str) {
+    let path = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid NUL-terminated strings for the call.
+    let r = unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) };
+    assert_eq!(r, 0);
+}
+
+fn scoutfs_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(SCOUTFS)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run scoutfs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn xattr_tag_and_quota_commands_print_what_the_original_prints() {
+    if skip("xattr_tag_and_quota_commands_print_what_the_original_prints") {
+        return;
+    }
+    let mut v = Mounted::new();
+    let mnt = v.mnt.to_str().unwrap().to_string();
+    let (a, b) = (v.path("a"), v.path("b"));
+    std::fs::write(&a, b"").unwrap();
+    std::fs::write(&b, b"").unwrap();
+    let (ia, ib) = (ino(&a), ino(&b));
+
+    // .totl.: totals of every xattr with the same trailing name.
+    setxattr(&a, "scoutfs.totl.t.1.2.3", b"10").unwrap();
+    setxattr(&b, "scoutfs.totl.other.1.2.3", b"32").unwrap();
+    setxattr(&b, "scoutfs.totl.t.1.2.4", b"0x10").unwrap();
+    assert_eq!(
+        setxattr(&b, "scoutfs.totl.t.1.2", b"1")
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EINVAL)
+    );
+    assert_eq!(
+        ok(&["read-xattr-totals", "-p", &mnt]),
+        "1.2.3 = 42, 2\n1.2.4 = 16, 1\n"
+    );
+    removexattr(&b, "scoutfs.totl.other.1.2.3");
+    assert_eq!(
+        ok(&["read-xattr-totals", "-p", &mnt]),
+        "1.2.3 = 10, 1\n1.2.4 = 16, 1\n"
+    );
+
+    // .indx.: major.minor = ino, removals leave nothing behind.
+    setxattr(&a, "scoutfs.indx.x.5.77", b"").unwrap();
+    setxattr(&b, "scoutfs.indx.y.5.78", b"").unwrap();
+    setxattr(&b, "scoutfs.indx.z.6.1", b"").unwrap();
+    assert_eq!(
+        ok(&["read-xattr-index", "-p", &mnt]),
+        format!("5.77 = {ia}\n5.78 = {ib}\n6.1 = {ib}\n")
+    );
+    assert_eq!(
+        ok(&["read-xattr-index", "5.78", "5", "-p", &mnt]),
+        format!("5.78 = {ib}\n")
+    );
+    removexattr(&a, "scoutfs.indx.x.5.77");
+    assert_eq!(
+        ok(&["read-xattr-index", "0", "-1", "-p", &mnt]),
+        format!("5.78 = {ib}\n6.1 = {ib}\n")
+    );
+
+    // .hide.: only list-hidden-xattrs names them.
+    setxattr(&a, "scoutfs.hide.secret", b"v").unwrap();
+    setxattr(&a, "user.plain", b"v").unwrap();
+    assert_eq!(
+        ok(&["list-hidden-xattrs", a.to_str().unwrap()]),
+        "scoutfs.hide.secret\n"
+    );
+    assert_eq!(ok(&["list-hidden-xattrs", b.to_str().unwrap()]), "");
+
+    // Quota rules: list sorted, highest first; restore reads the list.
+    let r1 = "  7 13,L,- 15,L,- 17,L,- I 33 -";
+    let r2 = " 10 7,L,- 0,U,- 0,L,- D 1000000 -";
+    ok(&["quota-add", "-r", r1, "-p", &mnt]);
+    ok(&["quota-add", "-r", r2, "-p", &mnt]);
+    let o = scoutfs(&["quota-add", "-r", r1, "-p", &mnt]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).ends_with("scoutfs: quota-add failed: File exists (17)\n"),
+        "{o:?}"
+    );
+    let listed = format!("{r2}\n{r1}\n");
+    assert_eq!(ok(&["quota-list", "-p", &mnt]), listed);
+    ok(&["quota-wipe", "-p", &mnt]);
+    assert_eq!(ok(&["quota-list", "-p", &mnt]), "");
+    let o = scoutfs_stdin(&["quota-restore", "-p", &mnt], &listed);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(ok(&["quota-list", "-p", &mnt]), listed);
+    ok(&["quota-del", "-r", r2, "-p", &mnt]);
+    assert_eq!(ok(&["quota-list", "-p", &mnt]), format!("{r1}\n"));
+    let o = scoutfs(&["quota-add", "-r", "1 2,X,- 0,L,- 0,L,- D 1 -", "-p", &mnt]);
+    assert_eq!(o.status.code(), Some(64));
+
+    // A data rule on uid 0's total: EDQUOT at the limit, writes resume
+    // once the total drops (within the mount's quota validity period).
+    ok(&[
+        "quota-add",
+        "-r",
+        "20 7,L,- 0,U,- 0,L,- D 100 -",
+        "-p",
+        &mnt,
+    ]);
+    let usage = v.path("usage");
+    std::fs::write(&usage, b"").unwrap();
+    setxattr(&usage, "scoutfs.totl.usage.7.0.0", b"100").unwrap();
+    ok(&["sync", "-p", &mnt]);
+    let c = v.path("c");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match std::fs::write(&c, [1u8; 4096]) {
+            Err(e) if e.raw_os_error() == Some(libc::EDQUOT) => break,
+            r => {
+                assert!(std::time::Instant::now() < deadline, "no EDQUOT: {r:?}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    setxattr(&usage, "scoutfs.totl.usage.7.0.0", b"5").unwrap();
+    ok(&["sync", "-p", &mnt]);
+    loop {
+        match std::fs::write(&c, [1u8; 4096]) {
+            Ok(()) => break,
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EDQUOT));
+                assert!(std::time::Instant::now() < deadline, "still EDQUOT");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    ok(&["quota-wipe", "-p", &mnt]);
+
+    // The status tree counts what happened (rewritten once a second).
+    let counter = |out: &str, name: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    loop {
+        let out = ok(&["counters", &mnt]);
+        if counter(&out, "quota_edquot") >= 1
+            && counter(&out, "xattr_totl_reads") >= 2
+            && counter(&out, "xattr_indx_reads") >= 3
+            && counter(&out, "quota_checks") >= 2
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "counters: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    v.unmount();
 }

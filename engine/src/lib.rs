@@ -37,3 +37,4 @@ pub mod quorum;
 pub mod runtime;
 pub mod server;
 pub mod trans;
+pub mod weak;

@@ -35,6 +35,7 @@ mod archive;
 pub mod client;
 pub mod proto;
 pub mod sock;
+mod tags;
 
 use std::ffi::CString;
 use std::io;
@@ -412,6 +413,8 @@ fn counters(engine: &Engine, ops: &OpCounters) -> Vec<(&'static str, u64)> {
         ("trans_commits", t.commits),
     ];
     v.extend(engine.fs.archive_stats().entries());
+    v.extend(engine.fs.tag_counters().snapshot());
+    v.sort();
     v
 }
 
@@ -457,7 +460,14 @@ fn handle(conn: OwnedFd, id: &Identity, engine: &Engine, shared: &Shared) {
     let body = &msg[REQ_HEADER_BYTES..];
     let need = match op {
         Op::InoPath | Op::ReferringEntries => Some(CAP_DAC_READ_SEARCH),
-        Op::AllocatedInos | Op::Unmount | Op::DataWaitErr => Some(CAP_SYS_ADMIN),
+        Op::AllocatedInos
+        | Op::Unmount
+        | Op::DataWaitErr
+        | Op::ReadXattrTotals
+        | Op::ReadXattrIndex
+        | Op::QuotaAdd
+        | Op::QuotaDel
+        | Op::QuotaWipe => Some(CAP_SYS_ADMIN),
         _ => None,
     };
     if let Some(cap) = need {
@@ -784,6 +794,13 @@ fn run_op(op: Op, body: &[u8], ino: Option<u64>, id: &Identity, e: &Engine) -> R
                 out
             }))
         }
+        Op::ReadXattrTotals
+        | Op::ReadXattrIndex
+        | Op::ListHiddenXattrs
+        | Op::QuotaList
+        | Op::QuotaAdd
+        | Op::QuotaDel
+        | Op::QuotaWipe => tags::run_tag_op(op, &mut d, ino, e, out),
         _ => Err(libc::EINVAL),
     }
 }

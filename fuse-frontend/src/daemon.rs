@@ -469,6 +469,9 @@ async fn bring_up(
         rt2.clone(),
         Duration::from_millis(options.orphan_scan_delay_ms),
     ));
+    fs.set_stable_items(Arc::new(engine::weak::WeakReader::new(
+        mount.block_cache().clone(),
+    )));
     Ok(Node {
         conn,
         mount,

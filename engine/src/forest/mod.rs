@@ -165,8 +165,8 @@ impl std::fmt::Debug for Forest {
     }
 }
 
-/// Why one attempt failed.
-enum Attempt {
+/// Why one attempt on one set of roots failed (also the weak reader's).
+pub(crate) enum Attempt {
     Stale,
     Fail(i32),
 }

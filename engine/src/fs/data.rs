@@ -39,8 +39,8 @@ use drivers::AlignedBuf;
 use zerocopy::FromBytes;
 
 use super::{
-    bytes_of, io_errno, is_dir, is_reg, Batch, Fs, FsResult, Tried, BLOCK_BYTES, BLOCK_SHIFT,
-    DATA_WAIT_READ, DATA_WAIT_WRITE, MAX_FILE_BYTES, S_ISGID, S_ISUID, S_IXGRP,
+    bytes_of, io_errno, is_dir, is_reg, Batch, Fs, FsResult, QuotaAttrs, Tried, BLOCK_BYTES,
+    BLOCK_SHIFT, DATA_WAIT_READ, DATA_WAIT_WRITE, MAX_FILE_BYTES, S_ISGID, S_ISUID, S_IXGRP,
     TRUNCATE_EXTENTS_PER_HOLD, WRITE_BLOCKS_PER_HOLD,
 };
 use crate::format::items::{
@@ -468,6 +468,8 @@ impl Fs {
             let hold = self.hold(true).await?;
             let mut bt = Batch::new(self);
             bt.load(ino).await?;
+            let at = QuotaAttrs::of(bt.inode(ino));
+            self.quota_check_write(ino, &at, b, last).await?;
             let mut made = 0;
             while b <= last && made < FALLOCATE_EXTENTS_PER_HOLD {
                 let next = self.extent_at_or_after(ino, b).await?;
@@ -531,6 +533,9 @@ impl Fs {
         let hold = self.hold(true).await?;
         let mut bt = Batch::new(self);
         bt.load(ino).await?;
+        let at = QuotaAttrs::of(bt.inode(ino));
+        self.quota_check_write(ino, &at, offset >> BLOCK_SHIFT, (end - 1) >> BLOCK_SHIFT)
+            .await?;
         if kill_suidgid {
             let i = bt.inode(ino);
             let m = i.mode.get();

@@ -352,6 +352,8 @@ impl Fs {
         if is_dir(mode) && b.inode(parent).nlink.get() == u32::MAX {
             return Err(libc::EMLINK);
         }
+        let parent_inode = *b.inode(parent);
+        self.quota_check_create(ctx, &parent_inode).await?;
         let pos = Self::take_pos(&mut b, parent)?;
         self.new_inode(&mut b, ctx, ino, parent, (mode, rdev), now)?;
         if let Some(t) = target {

@@ -40,10 +40,15 @@
 //! Not done here: permission checks (the frontend checks with the caller's
 //! uid/gid/groups, e.g. FUSE `default_permissions`), POSIX ACL enforcement
 //! (ACL xattrs are stored like any other), `.srch.` log entries (the item API
-//! has no srch log yet), quota rules, data preallocation, atime updates on read (atime changes only through
+//! has no srch log yet), data preallocation, atime updates on read (atime
+//! changes only through
 //! setattr).
 //!
+//! Quota rules are enforced here (`quota.rs`) over the stable-root reader
+//! the frontend gives with [`Fs::set_stable_items`].
+//!
 //! Touches only [`crate::item::api`] (items, transactions, allocation),
+//! [`crate::weak`] (the stable-root reader trait),
 //! [`crate::format`] (encodings) and the data device ([`drivers::BlockDevice`]).
 
 mod archive;
@@ -51,6 +56,7 @@ mod data;
 mod dir;
 pub mod locking;
 mod query;
+mod quota;
 mod waiters;
 mod xattr;
 
@@ -79,6 +85,7 @@ pub use dir::{
     RENAME_WHITEOUT,
 };
 pub use query::{IndexKind, InoPath, RefEntry, INODE_GROUP_NR, PATH_BYTES_MAX};
+pub use quota::{governing_rule, rule_order, rule_valid, QuotaAttrs, TagCounters, QUOTA_VALIDITY};
 pub use waiters::{
     ArchiveStats, DataWait, DataWaiting, DATA_WAIT_CHANGE_SIZE, DATA_WAIT_ERRNO_MAX, DATA_WAIT_OPS,
     DATA_WAIT_READ, DATA_WAIT_WRITE,
@@ -278,6 +285,8 @@ pub struct Fs {
     /// Tasks waiting for offline data (waiters.rs).
     waiters: waiters::Waiters,
     archive_stats: ArchiveStats,
+    quota: Mutex<quota::QuotaState>,
+    tag_counters: TagCounters,
 }
 
 impl std::fmt::Debug for Fs {
@@ -334,11 +343,18 @@ impl Fs {
             state: Mutex::new(State::default()),
             waiters: waiters::Waiters::default(),
             archive_stats: ArchiveStats::default(),
+            quota: Mutex::new(quota::QuotaState::default()),
+            tag_counters: TagCounters::default(),
         }
     }
 
     pub fn fmt_vers(&self) -> u64 {
         self.fmt_vers
+    }
+
+    /// The xattr-tag and quota counters.
+    pub fn tag_counters(&self) -> &TagCounters {
+        &self.tag_counters
     }
 
     fn now(&self) -> Time {

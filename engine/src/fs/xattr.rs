@@ -20,7 +20,9 @@
 //! `.MAJOR.MINOR` (v2 only) with an empty value and force-write
 //! `14/<major,minor,ino,xid>`. Syntax errors are EINVAL.
 //!
-//! Not done: `.srch.` log entries (the item API offers no srch log yet).
+//! Reads of what the tags record (totals, index entries) are in
+//! [`super::quota`], through the stable-root reader. Not done: `.srch.`
+//! log entries (the item API offers no srch log yet).
 //! The totl delta is written with `Items::create_force` on the totl key;
 //! the item layer must treat zone 12 values as deltas (§2.5) — the item API
 //! has no separate delta call.

@@ -253,7 +253,7 @@ fn errno(e: Error) -> i32 {
 }
 
 /// Reads the super block of the metadata device: (fsid, fmt_vers).
-async fn read_super(meta: &Arc<dyn BlockDevice>) -> Result<SuperBlock, i32> {
+pub(crate) async fn read_super(meta: &Arc<dyn BlockDevice>) -> Result<SuperBlock, i32> {
     let buf = AlignedBuf::new(SM_BLOCK_SIZE);
     let (buf, res) = meta.read_at(SUPER_BLKNO << SM_BLOCK_SHIFT, buf).await;
     res.map_err(|_| libc::EIO)?;

@@ -10,7 +10,8 @@ use std::path::Path;
 
 use super::proto::{
     AttrX, Dec, Enc, FiemapExtent, Op, RefEntry, SetAttrXReq, StatReply, StatfsReply, WaitingRow,
-    WalkPos, DATA_WAITING_BATCH_MAX, FIEMAP_BATCH_MAX, STAGE_BYTES_MAX, WALK_BATCH_MAX,
+    WalkPos, XattrTotal, DATA_WAITING_BATCH_MAX, FIEMAP_BATCH_MAX, QUOTA_RULE_BYTES,
+    STAGE_BYTES_MAX, WALK_BATCH_MAX,
 };
 use super::sock;
 
@@ -329,5 +330,94 @@ impl Client {
 
     pub fn unmount(&self) -> io::Result<()> {
         self.call(&Enc::request(Op::Unmount), None).map(|_| ())
+    }
+
+    /// One batch of `.totl.` totals from `from` (name order).
+    pub fn read_xattr_totals(&self, from: [u64; 3]) -> io::Result<Vec<XattrTotal>> {
+        let mut req = Enc::request(Op::ReadXattrTotals);
+        req.u64(from[0]).u64(from[1]).u64(from[2]);
+        let body = self.call(&req, None)?;
+        let mut d = Dec::new(&body);
+        let n = d.u32()?;
+        (0..n)
+            .map(|_| {
+                Ok(XattrTotal {
+                    name: [d.u64()?, d.u64()?, d.u64()?],
+                    total: d.u64()?,
+                    count: d.u64()?,
+                })
+            })
+            .collect()
+    }
+
+    /// One batch of `.indx.` entries (major, minor, ino) in `first..=last`.
+    pub fn read_xattr_index(
+        &self,
+        first: (u8, u64, u64),
+        last: (u8, u64, u64),
+    ) -> io::Result<Vec<(u8, u64, u64)>> {
+        let mut req = Enc::request(Op::ReadXattrIndex);
+        for p in [first, last] {
+            req.u8(p.0).u8(0).u16(0).u32(0).u64(p.1).u64(p.2);
+        }
+        let body = self.call(&req, None)?;
+        let mut d = Dec::new(&body);
+        let n = d.u32()?;
+        (0..n)
+            .map(|_| {
+                let major = d.u8()?;
+                d.u8()?;
+                d.u16()?;
+                d.u32()?;
+                Ok((major, d.u64()?, d.u64()?))
+            })
+            .collect()
+    }
+
+    /// The `.hide.` xattr names of the open file `f` from index `skip`:
+    /// a batch and whether it is the last.
+    pub fn list_hidden_xattrs(&self, f: &OwnedFd, skip: u32) -> io::Result<(Vec<Vec<u8>>, bool)> {
+        let mut req = Enc::request(Op::ListHiddenXattrs);
+        req.u32(skip);
+        let body = self.call(&req, Some(f))?;
+        let mut d = Dec::new(&body);
+        let n = d.u32()?;
+        let last = d.u32()? != 0;
+        let names = (0..n)
+            .map(|_| d.bytes().map(|b| b.to_vec()))
+            .collect::<io::Result<_>>()?;
+        Ok((names, last))
+    }
+
+    /// One batch of quota rule values from index `skip` (key order) and
+    /// whether it is the last.
+    pub fn quota_list(&self, skip: u32) -> io::Result<(Vec<[u8; QUOTA_RULE_BYTES]>, bool)> {
+        let mut req = Enc::request(Op::QuotaList);
+        req.u32(skip);
+        let body = self.call(&req, None)?;
+        let mut d = Dec::new(&body);
+        let n = d.u32()?;
+        let last = d.u32()? != 0;
+        let rules = (0..n)
+            .map(|_| {
+                let b = d.bytes()?;
+                b.try_into()
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+            })
+            .collect::<io::Result<_>>()?;
+        Ok((rules, last))
+    }
+
+    /// Adds (`add`) or deletes a quota rule value.
+    pub fn quota_change(&self, rule: &[u8; QUOTA_RULE_BYTES], add: bool) -> io::Result<()> {
+        let mut req = Enc::request(if add { Op::QuotaAdd } else { Op::QuotaDel });
+        req.bytes(rule);
+        self.call(&req, None).map(|_| ())
+    }
+
+    /// Deletes every quota rule; returns how many.
+    pub fn quota_wipe(&self) -> io::Result<u64> {
+        let body = self.call(&Enc::request(Op::QuotaWipe), None)?;
+        Dec::new(&body).u64()
     }
 }

@@ -28,6 +28,15 @@ pub const FIEMAP_BATCH_MAX: u32 = 1024;
 /// Bytes of referring-entry names a reply carries at most.
 pub const REFS_BYTES_MAX: usize = MSG_BYTES_MAX - 1024;
 
+/// Totals a READ_XATTR_TOTALS reply carries at most.
+pub const TOTALS_BATCH_MAX: usize = 1024;
+/// Entries a READ_XATTR_INDEX reply carries at most.
+pub const INDEX_BATCH_MAX: usize = 1024;
+/// Rules a QUOTA_LIST reply carries at most.
+pub const QUOTA_BATCH_MAX: usize = 1024;
+/// Bytes of a quota rule value.
+pub const QUOTA_RULE_BYTES: usize = 48;
+
 /// FIEMAP extent flags, as `linux/fiemap.h` defines them.
 pub const FIEMAP_EXTENT_LAST: u32 = 0x1;
 pub const FIEMAP_EXTENT_UNKNOWN: u32 = 0x2;
@@ -76,6 +85,20 @@ pub enum Op {
     /// ino, data_version, offset, count, op u64, err i64 → n u64
     /// (CAP_SYS_ADMIN).
     DataWaitErr = 18,
+    /// cursor name[3] → `.totl.` totals (CAP_SYS_ADMIN; commits first).
+    ReadXattrTotals = 21,
+    /// first/last (major, minor, ino) → `.indx.` entries (CAP_SYS_ADMIN).
+    ReadXattrIndex = 22,
+    /// fd, cursor index → `.hide.` xattr names.
+    ListHiddenXattrs = 23,
+    /// cursor index → quota rules (48-byte values, key order).
+    QuotaList = 24,
+    /// rule → – (CAP_SYS_ADMIN).
+    QuotaAdd = 25,
+    /// rule → – (CAP_SYS_ADMIN).
+    QuotaDel = 26,
+    /// – → deleted count u64 (CAP_SYS_ADMIN).
+    QuotaWipe = 27,
 }
 
 impl Op {
@@ -99,6 +122,13 @@ impl Op {
             16 => Op::MoveBlocks,
             17 => Op::DataWaiting,
             18 => Op::DataWaitErr,
+            21 => Op::ReadXattrTotals,
+            22 => Op::ReadXattrIndex,
+            23 => Op::ListHiddenXattrs,
+            24 => Op::QuotaList,
+            25 => Op::QuotaAdd,
+            26 => Op::QuotaDel,
+            27 => Op::QuotaWipe,
             _ => return None,
         })
     }
@@ -115,6 +145,7 @@ impl Op {
                 | Op::Stage
                 | Op::PunchOffline
                 | Op::MoveBlocks
+                | Op::ListHiddenXattrs
         )
     }
 
@@ -189,6 +220,14 @@ pub struct FiemapExtent {
     pub physical: u64,
     pub length: u64,
     pub flags: u32,
+}
+
+/// One `.totl.` total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XattrTotal {
+    pub name: [u64; 3],
+    pub total: u64,
+    pub count: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
