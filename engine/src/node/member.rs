@@ -3,21 +3,28 @@
 //! whichever node serves (reference §5.4 startup, §6; ARCHITECTURE §2.10).
 //!
 //! Startup of a server, as the agent asks for it: fence every earlier
-//! leader (the local flock fence), open the server from the super, listen
+//! leader (through [`Fencer`]: a fence agent or the local flock fence), open the server from the super, listen
 //! on our slot's address, then report up. A node without a slot is a
 //! client only. Clients find the server from the quorum blocks, asked
 //! again before every connection attempt, so failover needs nothing more.
 //!
-//! Touches `node::{quorum, client, serve, fence}`, `server`, `quorum`.
+//! Every fence (earlier leaders, mounts that did not recover or reconnect)
+//! is a request of the node's [`Fencer`]; a fenced mount is reclaimed and
+//! its request removed; a failed or unanswered request stops the server
+//! (§6.4) so that a new leader retries.
+//!
+//! Touches `node::{quorum, client, serve, fence, fencer}`, `server`, `quorum`.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use drivers::BlockDevice;
 
 use super::client::{Locate, NetClient};
-use super::fence::{fence_local, is_dead_here, RidLock};
+use super::fence::{is_dead_here, RidLock};
+use super::fence_requests::Reason;
+use super::fencer::{Fencer, FencerConfig};
 use super::quorum::{read_quorum_blocks, QuorumDriver, QuorumHost, Report, ReportSender};
 use super::serve::NetServer;
 use super::transport::Transport;
@@ -67,7 +74,7 @@ pub struct NodeStatus {
 
 struct Running {
     term: u64,
-    _server: Arc<Server>,
+    server: Arc<Server>,
     net: NetServer,
 }
 
@@ -83,6 +90,7 @@ struct Host {
     server_opts: ServerOptions,
     reports: ReportSender,
     running: Mutex<Option<Running>>,
+    fencer: Arc<Fencer>,
     log: NodeLog,
 }
 
@@ -102,7 +110,8 @@ impl Host {
     }
 
     async fn start(self: Arc<Self>, term: u64, fence: Vec<FenceRequest>) {
-        for req in &fence {
+        // All at once: the agent sees every request in one pass.
+        let fences = fence.iter().map(|req| {
             (self.log)(
                 LogLevel::Info,
                 &format!(
@@ -110,7 +119,16 @@ impl Host {
                     req.rid, req.term, req.slot
                 ),
             );
-            if let Err(e) = fence_local(&self.rt, self.rid_lock_dir.clone(), req.rid).await {
+            let ip = if req.addr.is_v4() {
+                req.addr.ipv4()
+            } else {
+                Ipv4Addr::UNSPECIFIED
+            };
+            self.fencer.fence(req.rid, ip, Reason::QuorumBlockLeader)
+        });
+        let results = futures::future::join_all(fences).await;
+        for (req, res) in fence.iter().zip(results) {
+            if let Err(e) = res {
                 (self.log)(
                     LogLevel::Error,
                     &format!("fencing rid {:016x} failed: errno {e}", req.rid),
@@ -133,7 +151,7 @@ impl Host {
         let started = async {
             let server =
                 Server::open(self.meta.clone(), self.data.clone(), self.rt.clone(), opts).await?;
-            let log = self.log.clone();
+            let weak = self.me.clone();
             let mut recovering = server.mounted_rids().await?;
             recovering.retain(|&r| r != self.rid);
             let net = NetServer::start(
@@ -144,10 +162,9 @@ impl Host {
                 term,
                 recovering,
                 Box::new(move |rid, why| {
-                    log(
-                        LogLevel::Warn,
-                        &format!("client rid {rid:016x} must be fenced: {why}"),
-                    )
+                    if let Some(host) = weak.upgrade() {
+                        host.fence_hook(term, rid, why);
+                    }
                 }),
             )
             .await
@@ -157,11 +174,7 @@ impl Host {
         match started.await {
             Ok((server, net)) => {
                 let recovering = server.clone();
-                *self.lock() = Some(Running {
-                    term,
-                    _server: server,
-                    net,
-                });
+                *self.lock() = Some(Running { term, server, net });
                 (self.log)(
                     LogLevel::Info,
                     &format!("server of term {term} listening on {}", self.listen),
@@ -226,12 +239,66 @@ impl Host {
                 LogLevel::Warn,
                 &format!("rid {rid:016x} did not reconnect: fencing"),
             );
-            match fence_local(&self.rt, self.rid_lock_dir.clone(), rid).await {
-                Ok(()) => self.reclaim(&server, rid).await,
-                Err(e) => (self.log)(
+            self.rt
+                .spawn(self.clone().fence_and_reclaim(
+                    term,
+                    server.clone(),
+                    rid,
+                    Reason::ClientRecovery,
+                ))
+                .detach();
+        }
+    }
+
+    /// The network server's verdict that `rid` must be fenced.
+    fn fence_hook(self: Arc<Self>, term: u64, rid: u64, why: &str) {
+        let server = match self.lock().as_ref() {
+            Some(r) if r.term == term => r.server.clone(),
+            _ => return,
+        };
+        let reason = Reason::parse(why).unwrap_or(Reason::ClientReconnect);
+        (self.log)(
+            LogLevel::Warn,
+            &format!("client rid {rid:016x} must be fenced: {why}"),
+        );
+        self.rt
+            .spawn(self.clone().fence_and_reclaim(term, server, rid, reason))
+            .detach();
+    }
+
+    /// Fences `rid` and reclaims it; a fence that fails stops the server
+    /// of `term` (§6.4: a new leader retries).
+    async fn fence_and_reclaim(
+        self: Arc<Self>,
+        term: u64,
+        server: Arc<Server>,
+        rid: u64,
+        reason: Reason,
+    ) {
+        let ip = match self.lock().as_ref() {
+            Some(r) => match r.net.peer_addr(rid) {
+                Some(SocketAddr::V4(a)) => *a.ip(),
+                _ => Ipv4Addr::UNSPECIFIED,
+            },
+            None => Ipv4Addr::UNSPECIFIED,
+        };
+        match self.fencer.fence(rid, ip, reason).await {
+            Ok(()) => self.reclaim(&server, rid).await,
+            Err(e) => {
+                (self.log)(
                     LogLevel::Error,
-                    &format!("fencing rid {rid:016x} failed: errno {e}"),
-                ),
+                    &format!(
+                        "fencing rid {rid:016x} ({}) failed: errno {e}, stopping the server",
+                        reason.as_str()
+                    ),
+                );
+                let stopped = self.lock().take_if(|r| r.term == term);
+                if stopped.is_some() {
+                    drop(stopped);
+                    self.fencer.clear();
+                    self.reports
+                        .send(Report::ServerStopped { term, err: Some(e) });
+                }
             }
         }
     }
@@ -242,6 +309,7 @@ impl Host {
                 if let Some(r) = self.lock().as_ref() {
                     r.net.client_gone(rid);
                 }
+                self.fencer.remove(rid);
                 (self.log)(LogLevel::Info, &format!("reclaimed rid {rid:016x}"))
             }
             Err(e) => (self.log)(
@@ -262,6 +330,9 @@ impl QuorumHost for Host {
     fn stop_server(&self, term: u64) {
         let stopped = self.lock().take_if(|r| r.term == term);
         drop(stopped);
+        // Requests die with the server (a new leader asks again); a start
+        // still waiting on its fences gets ECANCELED.
+        self.fencer.clear();
         self.reports.send(Report::ServerStopped { term, err: None });
     }
 
@@ -310,6 +381,10 @@ impl Node {
                     server_opts: cfg.server.clone(),
                     reports,
                     running: Mutex::new(None),
+                    fencer: Fencer::new(
+                        cfg.rt.clone(),
+                        FencerConfig::local_host(&cfg.rt, &cfg.rid_lock_dir),
+                    ),
                     log: cfg.log.clone(),
                 });
                 let mut acfg = AgentConfig::new(fsid, cfg.rid, slot, sb.qconf, cfg.rt.random_u64());
@@ -393,6 +468,12 @@ impl Node {
                 .and_then(|h| h.lock().as_ref().map(|r| r.term)),
             agent_failed: q.failed,
         }
+    }
+
+    /// This node's fence requests (a quorum member's; `None` for a client
+    /// only mount): the status tree publishes them and passes answers in.
+    pub fn fencer(&self) -> Option<Arc<Fencer>> {
+        self.host.as_ref().map(|h| h.fencer.clone())
     }
 
     /// The server running here, if any (tests and the status tree).

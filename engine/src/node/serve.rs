@@ -62,6 +62,10 @@ struct State {
     writers: BTreeMap<SockId, mpsc::UnboundedSender<Vec<u8>>>,
     next_sock: u64,
     stats: ServeStats,
+    /// Each open socket's peer, and each greeted rid's last one (the
+    /// address a fence request names).
+    peers: BTreeMap<SockId, SocketAddr>,
+    rid_peers: BTreeMap<u64, SocketAddr>,
 }
 
 struct Shared {
@@ -109,6 +113,8 @@ impl NetServer {
                 writers: BTreeMap::new(),
                 next_sock: 1,
                 stats: ServeStats::default(),
+                peers: BTreeMap::new(),
+                rid_peers: BTreeMap::new(),
             }),
             fence,
             locks: locks_tx,
@@ -150,6 +156,11 @@ impl NetServer {
     /// Rids with connection state (connected or waiting to reconnect).
     pub fn rids(&self) -> Vec<u64> {
         self.shared.lock().net.rids().collect()
+    }
+
+    /// The address `rid` last greeted from, if it did with this server.
+    pub fn peer_addr(&self, rid: u64) -> Option<SocketAddr> {
+        self.shared.lock().rid_peers.get(&rid).copied()
     }
 
     /// The mount `rid` is gone for good (fenced and reclaimed): the lock
@@ -351,6 +362,9 @@ impl Shared {
         match verdict {
             Ok(()) => {
                 st.stats.greetings += 1;
+                if let Some(&peer) = st.peers.get(&sock) {
+                    st.rid_peers.insert(rid, peer);
+                }
                 let kind = st.net.accept_greeting(sock, &mut out);
                 if matches!(
                     kind,
@@ -408,6 +422,7 @@ async fn accept_loop(weak: Weak<Shared>, listener: Box<dyn Listener>) {
         st.stats.accepted += 1;
         let (tx, rx) = mpsc::unbounded();
         st.writers.insert(sock, tx);
+        st.peers.insert(sock, stream.peer);
         st.net.accepted(sock);
         shared.rt.spawn(write_loop(stream.writer, rx)).detach();
         shared
@@ -433,6 +448,7 @@ async fn read_loop(weak: Weak<Shared>, sock: SockId, mut reader: Box<dyn StreamR
             }
             _ => {
                 st.writers.remove(&sock);
+                st.peers.remove(&sock);
                 st.net.closed(sock, now, &mut out);
                 shared.apply(&mut st, out);
                 return;
