@@ -12,6 +12,7 @@ pub mod args;
 pub mod check;
 pub mod counters;
 pub mod dev;
+pub mod fenced;
 pub mod fiemap;
 pub mod inodes;
 pub mod mkfs;
@@ -21,7 +22,7 @@ pub mod stat;
 pub mod walk;
 
 const COMMANDS: &str = "mkfs, print, check, walk-inodes, stat, statfs, df, sync, ino-path, \
-get-referring-entries, get-allocated-inos, get-fiemap, counters";
+get-referring-entries, get-allocated-inos, get-fiemap, counters, fenced";
 
 /// Exit code of argp usage errors.
 pub const EX_USAGE: i32 = 64;
@@ -46,6 +47,7 @@ pub fn run(argv: &[String]) -> i32 {
         "get-allocated-inos" => inodes::allocated_main(rest),
         "get-fiemap" => fiemap::main(rest),
         "counters" => counters::main(rest),
+        "fenced" => fenced::main(rest),
         "--help" | "-h" | "help" => {
             println!("Usage: scoutfs <command> [<args>]\n\nCommands: {COMMANDS}");
             0

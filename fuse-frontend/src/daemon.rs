@@ -38,6 +38,7 @@ use zerocopy::IntoBytes;
 
 use crate::bridge::Bridge;
 use crate::control::{self, Control, Identity};
+use crate::fence_tree::FenceTree;
 use crate::filesystem::{FuseOptions, ScoutFuse};
 use crate::options::ScoutfsOptions;
 use crate::session::{self, MountSpec, Workers};
@@ -220,6 +221,8 @@ struct ServerConn {
     server: Option<Arc<Server>>,
     /// The networked node (quorum member), shut down after the farewell.
     node: Option<engine::node::Node>,
+    /// The node's fence requests and quorum state in the status tree.
+    fence_tree: Option<FenceTree>,
 }
 
 /// How the daemon obtains its server link. With `quorum_slot_nr` the
@@ -266,6 +269,7 @@ async fn connect_server(
         background: Some(background),
         server: Some(server),
         node: None,
+        fence_tree: None,
     })
 }
 
@@ -297,7 +301,7 @@ async fn connect_node(
         transport: Arc::new(engine::node::TcpTransport::new(rt.clone())),
         rid,
         slot: Some(slot),
-        rid_lock_dir: engine::node::fence::RID_LOCK_DIR.into(),
+        rid_lock_dir: control::sock::run_dir().join("rid"),
         server: ServerOptions::default(),
         heartbeat_timeout: Some(Duration::from_millis(options.quorum_heartbeat_timeout_ms)),
         log: Arc::new(|level, msg| {
@@ -310,6 +314,11 @@ async fn connect_node(
     .map_err(|e| ServeError::Node(format!("{names}: {e}")))?;
     let sb = *node.super_block();
     let (fsid, fmt_vers) = (sb.hdr.fsid.get(), sb.fmt_vers.get());
+    // Before the first call: as leader this node may have to have earlier
+    // leaders fenced by an agent reading this tree before it serves.
+    let tree = control::sock::run_dir().join(control::sock::ident(fsid, rid));
+    let fence_tree = FenceTree::start(tree, node.fencer(), node.status_source())
+        .map_err(|e| ServeError::Node(format!("status tree: {e}")))?;
     let link: Arc<dyn ServerLink> = node.link();
     // The greeting is the connection's own; this first call returns once
     // a server has taken it.
@@ -324,6 +333,7 @@ async fn connect_node(
         background: None,
         server: None,
         node: Some(node),
+        fence_tree: Some(fence_tree),
     })
 }
 
@@ -378,6 +388,9 @@ async fn shut_down(node: Node) -> Result<(), ServeError> {
         // The agent writes STOP and END through the engine: wait for its
         // thread off the engine thread.
         rt.spawn_blocking(move || node.shutdown()).await;
+    }
+    if let Some(t) = conn.fence_tree.take() {
+        t.stop();
     }
     Ok(())
 }

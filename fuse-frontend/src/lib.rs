@@ -12,6 +12,8 @@
 //! * [`control`]: the control socket `@scoutfs/<ident>` the `scoutfs`
 //!   utility talks to, its wire format and client, and the status tree
 //!   under /run/scoutfs (docs/control-socket.md).
+//! * [`fence_tree`]: the tree's `fence/` and `quorum/` files, kept from
+//!   the node's start by a thread of their own.
 //! * [`launch`]: forking a daemon and waiting until it has mounted.
 //! * [`options`]: scoutfs mount options.
 //! * [`helpers`]: `mount.scoutfs` and `umount.fuse.scoutfs`.
@@ -23,6 +25,7 @@ pub mod attr;
 pub mod bridge;
 pub mod control;
 pub mod daemon;
+pub mod fence_tree;
 pub mod filesystem;
 pub mod helpers;
 pub mod launch;

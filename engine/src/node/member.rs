@@ -62,6 +62,9 @@ pub struct NodeConfig {
     pub log: NodeLog,
 }
 
+/// A node's status and its server's address, readable from any thread.
+pub type StatusSource = Arc<dyn Fn() -> (NodeStatus, Option<SocketAddr>) + Send + Sync>;
+
 /// What the node's server is doing, for the status tree and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NodeStatus {
@@ -458,16 +461,30 @@ impl Node {
     }
 
     pub fn status(&self) -> NodeStatus {
-        let q = self.driver.as_ref().map(|d| d.status()).unwrap_or_default();
-        NodeStatus {
-            quorum_term: q.term,
-            leader: q.leader,
-            serving_term: self
-                .host
+        self.status_source()().0
+    }
+
+    /// [`Node::status`] and the address of the server running here, as a
+    /// function other threads may keep (the status tree's `quorum/`).
+    pub fn status_source(&self) -> StatusSource {
+        let q = self.driver.as_ref().map(|d| d.status_handle());
+        let host = self.host.clone();
+        Arc::new(move || {
+            let q = q
                 .as_ref()
-                .and_then(|h| h.lock().as_ref().map(|r| r.term)),
-            agent_failed: q.failed,
-        }
+                .map(|q| *q.lock().unwrap_or_else(|p| p.into_inner()))
+                .unwrap_or_default();
+            let serving = host
+                .as_ref()
+                .and_then(|h| h.lock().as_ref().map(|r| (r.term, r.net.local_addr())));
+            let st = NodeStatus {
+                quorum_term: q.term,
+                leader: q.leader,
+                serving_term: serving.map(|s| s.0),
+                agent_failed: q.failed,
+            };
+            (st, serving.map(|s| s.1))
+        })
     }
 
     /// This node's fence requests (a quorum member's; `None` for a client
