@@ -278,12 +278,14 @@ impl Host {
         rid: u64,
         reason: Reason,
     ) {
-        let ip = match self.lock().as_ref() {
-            Some(r) => match r.net.peer_addr(rid) {
-                Some(SocketAddr::V4(a)) => *a.ip(),
-                _ => Ipv4Addr::UNSPECIFIED,
-            },
-            None => Ipv4Addr::UNSPECIFIED,
+        let seen = self.lock().as_ref().and_then(|r| r.net.peer_addr(rid));
+        let ip = match seen {
+            Some(SocketAddr::V4(a)) => *a.ip(),
+            // Never reached this server: what its first greeting recorded.
+            _ => server
+                .mounted_client_addr(rid)
+                .await
+                .unwrap_or(Ipv4Addr::UNSPECIFIED),
         };
         match self.fencer.fence(rid, ip, reason).await {
             Ok(()) => self.reclaim(&server, rid).await,

@@ -350,12 +350,18 @@ impl Shared {
         let verdict = match check_greeting(&g, self.server.fsid(), self.server.fmt_vers()) {
             Err(e) => Err(e.errno()),
             Ok(()) if kind == GreetingKind::Gone => Err(libc::ESTALE),
-            // The handler records a new mount, or refuses one it reclaimed.
-            Ok(()) => self
-                .server
-                .handle(rid, Cmd::Greeting, g.as_bytes())
-                .await
-                .map(|_| ()),
+            // The handler records a new mount (with its address), or
+            // refuses one it reclaimed.
+            Ok(()) => {
+                let peer = self.lock().peers.get(&sock).copied();
+                if let Some(SocketAddr::V4(a)) = peer {
+                    self.server.note_greeting_addr(rid, a);
+                }
+                self.server
+                    .handle(rid, Cmd::Greeting, g.as_bytes())
+                    .await
+                    .map(|_| ())
+            }
         };
         let mut out = Vec::new();
         let mut st = self.lock();
