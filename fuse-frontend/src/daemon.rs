@@ -534,6 +534,10 @@ fn serve_mounted(
         }
     };
     let bridge = Bridge::new(rt.clone());
+    let fuse = FuseOptions {
+        acl: options.acl,
+        ..fuse
+    };
     let frontend = ScoutFuse::new(
         node.fs.clone(),
         node.conn.link.clone(),

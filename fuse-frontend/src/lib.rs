@@ -5,6 +5,7 @@
 //! * [`bridge`]: how a FUSE worker thread runs an operation on the engine
 //!   executor and waits for it.
 //! * [`attr`]: attribute conversions.
+//! * [`acl`]: POSIX ACL semantics the kernel leaves to the filesystem.
 //! * [`session`]: mount(2) on /dev/fuse, worker threads, unmount.
 //! * [`signals`]: SIGTERM and friends, taken by a watcher thread.
 //! * [`daemon`]: [`serve`], the whole life of one single-node mount, which
@@ -21,6 +22,7 @@
 //! docs/fuse.md describes what works through a real mount and the
 //! pjdfstest results.
 
+pub mod acl;
 pub mod attr;
 pub mod bridge;
 pub mod control;
