@@ -167,9 +167,11 @@ impl FileSystem for ScoutFuse {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        // Never WRITEBACK_CACHE (§2.6); readdirplus would add lookup counts
-        // per entry, plain readdir is enough for now.
+        // Never WRITEBACK_CACHE (§2.6). READDIRPLUS_AUTO: the kernel asks
+        // for attributes only while a listing is followed by lookups.
         let want = FsOptions::ASYNC_READ
+            | FsOptions::DO_READDIRPLUS
+            | FsOptions::READDIRPLUS_AUTO
             | FsOptions::BIG_WRITES
             | FsOptions::MAX_PAGES
             | FsOptions::EXPORT_SUPPORT
@@ -625,6 +627,56 @@ impl FileSystem for ScoutFuse {
         }
     }
 
+    fn readdirplus(
+        &self,
+        _ctx: &Context,
+        ino: u64,
+        _handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let mut start = offset;
+        loop {
+            let fs = self.fs.clone();
+            let batch = self
+                .bridge
+                .run(async move { readdir_attrs(&fs, ino, start).await })?;
+            let full = batch.len() == READDIR_BATCH_ENTRIES;
+            for (e, attr) in &batch {
+                // Node id 0: no attributes for this entry ("." and "..",
+                // or an entry removed since); the kernel counts no lookup.
+                let entry = match attr {
+                    Some(a) => entry_of(a, self.opts.attr_timeout),
+                    None => Entry {
+                        inode: 0,
+                        ..entry_of(&engine::fs::Attr::default(), Duration::ZERO)
+                    },
+                };
+                let used = add_entry(
+                    DirEntry {
+                        ino: e.ino,
+                        offset: e.pos + 1,
+                        type_: linux_dtype(e.ty).into(),
+                        name: &e.name,
+                    },
+                    entry,
+                )?;
+                if used == 0 {
+                    return Ok(());
+                }
+                // Only an entry the reply carries is a lookup.
+                if let Some(a) = attr {
+                    self.count_lookup(a.ino);
+                }
+                start = e.pos + 1;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
     fn fsyncdir(&self, ctx: &Context, ino: u64, datasync: bool, handle: u64) -> io::Result<()> {
         self.fsync(ctx, ino, datasync, handle)
     }
@@ -659,4 +711,28 @@ impl FileSystem for ScoutFuse {
             Err(errno(libc::EACCES))
         }
     }
+}
+
+/// One batch of `ino`'s entries from `start`, each with its attributes
+/// (none for "." and "..", or for an entry whose inode went meanwhile).
+async fn readdir_attrs(
+    fs: &Fs,
+    ino: u64,
+    start: u64,
+) -> engine::fs::FsResult<Vec<(engine::fs::DirEntry, Option<engine::fs::Attr>)>> {
+    let ents = fs.readdir(ino, start, READDIR_BATCH_ENTRIES).await?;
+    let mut out = Vec::with_capacity(ents.len());
+    for e in ents {
+        let attr = if e.name == b"." || e.name == b".." {
+            None
+        } else {
+            match fs.getattr(e.ino).await {
+                Ok(a) => Some(a),
+                Err(libc::ENOENT) | Err(libc::ESTALE) => None,
+                Err(err) => return Err(err),
+            }
+        };
+        out.push((e, attr));
+    }
+    Ok(out)
 }
