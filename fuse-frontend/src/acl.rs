@@ -60,7 +60,7 @@ pub struct Acl {
 impl Acl {
     /// Decodes and checks an xattr value (posix_acl_valid's rules).
     pub fn parse(v: &[u8]) -> FsResult<Acl> {
-        if v.len() < 4 || (v.len() - 4) % 8 != 0 {
+        if v.len() < 4 || !(v.len() - 4).is_multiple_of(8) {
             return Err(libc::EINVAL);
         }
         if u32::from_le_bytes([v[0], v[1], v[2], v[3]]) != VERSION {
