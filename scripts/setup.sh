@@ -7,6 +7,8 @@ need=()
 command -v zstd >/dev/null || need+=(zstd)
 command -v losetup >/dev/null || need+=(util-linux)
 command -v python3 >/dev/null || need+=(python3)
+# POSIX ACLs through a mount (fuse-frontend/tests/acl.rs).
+command -v setfacl >/dev/null || need+=(acl)
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

@@ -13,6 +13,7 @@ pub mod args;
 pub mod check;
 pub mod counters;
 pub mod dev;
+pub mod fenced;
 pub mod fiemap;
 pub mod inodes;
 pub mod mkfs;
@@ -26,7 +27,7 @@ pub mod xattrs;
 const COMMANDS: &str = "mkfs, print, check, walk-inodes, stat, statfs, df, sync, ino-path, \
 get-referring-entries, get-allocated-inos, get-fiemap, counters, get-attr-x, set-attr-x, setattr, \
 release, stage, punch-offline, move-blocks, data-waiting, data-wait-err, read-xattr-totals, \
-read-xattr-index, list-hidden-xattrs, quota-add, quota-del, quota-list, quota-wipe, quota-restore";
+read-xattr-index, list-hidden-xattrs, quota-add, quota-del, quota-list, quota-wipe, quota-restore, fenced";
 
 /// Exit code of argp usage errors.
 pub const EX_USAGE: i32 = 64;
@@ -68,6 +69,7 @@ pub fn run(argv: &[String]) -> i32 {
         "quota-list" => quota::list_main(rest),
         "quota-wipe" => quota::wipe_main(rest),
         "quota-restore" => quota::restore_main(rest),
+        "fenced" => fenced::main(rest),
         "--help" | "-h" | "help" => {
             println!("Usage: scoutfs <command> [<args>]\n\nCommands: {COMMANDS}");
             0

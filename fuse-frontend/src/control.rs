@@ -141,8 +141,13 @@ impl StatusTree {
         let dir = run.join(&ident);
         std::fs::create_dir_all(run.join("by-dev"))?;
         // A dead daemon with the same ident (the same rid is unlikely but
-        // possible) left this behind.
-        let _ = std::fs::remove_dir_all(&dir);
+        // possible) left this behind; our own cluster files
+        // (fence_tree.rs) may be there already.
+        let ours = std::fs::read_to_string(dir.join("pid"))
+            .is_ok_and(|p| p.trim() == std::process::id().to_string());
+        if !ours {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         std::fs::create_dir_all(dir.join("mount_options"))?;
         std::fs::create_dir_all(dir.join("counters"))?;
         let files = [

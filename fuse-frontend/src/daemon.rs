@@ -38,6 +38,7 @@ use zerocopy::IntoBytes;
 
 use crate::bridge::Bridge;
 use crate::control::{self, Control, Identity};
+use crate::fence_tree::FenceTree;
 use crate::filesystem::{FuseOptions, ScoutFuse};
 use crate::notify::Notifier;
 use crate::options::ScoutfsOptions;
@@ -279,6 +280,8 @@ struct ServerConn {
     node: Option<engine::node::Node>,
     /// The flocks on the devices.
     _claim: DeviceClaim,
+    /// The node's fence requests and quorum state in the status tree.
+    fence_tree: Option<FenceTree>,
 }
 
 /// How the daemon obtains its server link. With `quorum_slot_nr` the
@@ -336,6 +339,7 @@ async fn connect_server(
         server: Some(server),
         node: None,
         _claim: claim,
+        fence_tree: None,
     })
 }
 
@@ -368,7 +372,7 @@ async fn connect_node(
         transport: Arc::new(engine::node::TcpTransport::new(rt.clone())),
         rid,
         slot,
-        rid_lock_dir: engine::node::fence::RID_LOCK_DIR.into(),
+        rid_lock_dir: control::sock::run_dir().join("rid"),
         server: ServerOptions::default(),
         heartbeat_timeout: Some(Duration::from_millis(options.quorum_heartbeat_timeout_ms)),
         log: Arc::new(|level, msg| {
@@ -381,6 +385,11 @@ async fn connect_node(
     .map_err(|e| ServeError::Node(format!("{names}: {e}")))?;
     let sb = *node.super_block();
     let (fsid, fmt_vers) = (sb.hdr.fsid.get(), sb.fmt_vers.get());
+    // Before the first call: as leader this node may have to have earlier
+    // leaders fenced by an agent reading this tree before it serves.
+    let tree = control::sock::run_dir().join(control::sock::ident(fsid, rid));
+    let fence_tree = FenceTree::start(tree, node.fencer(), node.status_source())
+        .map_err(|e| ServeError::Node(format!("status tree: {e}")))?;
     let link: Arc<dyn ServerLink> = node.link();
     // The greeting is the connection's own; this first call returns once
     // a server has taken it.
@@ -396,6 +405,7 @@ async fn connect_node(
         server: None,
         node: Some(node),
         _claim: claim,
+        fence_tree: Some(fence_tree),
     })
 }
 
@@ -507,6 +517,9 @@ async fn shut_down(node: Node) -> Result<(), ServeError> {
         // The agent writes STOP and END through the engine: wait for its
         // thread off the engine thread.
         rt.spawn_blocking(move || node.shutdown()).await;
+    }
+    if let Some(t) = conn.fence_tree.take() {
+        t.stop();
     }
     Ok(())
 }
@@ -651,6 +664,10 @@ fn serve_mounted(
         }
     };
     let bridge = Bridge::new(rt.clone());
+    let fuse = FuseOptions {
+        acl: options.acl,
+        ..fuse
+    };
     let frontend = ScoutFuse::new(
         node.fs.clone(),
         node.conn.link.clone(),

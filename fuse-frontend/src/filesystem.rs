@@ -22,8 +22,11 @@
 //! * Permissions: mounted with `default_permissions`, the kernel checks
 //!   mode bits, sticky directories and the chown/chmod/utimes rules of
 //!   `setattr_prepare` with the caller's credentials (supplementary groups
-//!   included); new inodes are owned by the request's uid/gid (the kernel
-//!   already applied the umask), setgid directories pass on their group.
+//!   included); new inodes are owned by the request's uid/gid, setgid
+//!   directories pass on their group. With the `acl` option (default) the
+//!   kernel also enforces POSIX ACLs and we apply the umask and keep mode
+//!   and ACLs in step ([`crate::acl`]); with `noacl` the kernel applies
+//!   the umask and the ACL xattrs are EOPNOTSUPP.
 //!   `scoutfs.` xattr tags need uid 0 (standing in for CAP_SYS_ADMIN).
 //!
 //! Touches `engine::fs` (through the bridge) and the server link (STATFS).
@@ -38,6 +41,8 @@ use std::time::Duration;
 use engine::format::net::{Cmd, NetStatfs};
 use engine::fs::{linux_dtype, Ctx, Fs, WriteFlags, BLOCK_BYTES};
 use engine::link::ServerLink;
+
+use crate::acl;
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
@@ -65,12 +70,15 @@ const META_BLOCK_SM_SHIFT: u32 = 4;
 pub struct FuseOptions {
     /// How long the kernel may keep LOOKUP/GETATTR answers.
     pub attr_timeout: Duration,
+    /// POSIX ACLs (the `acl` mount option; see [`crate::acl`]).
+    pub acl: bool,
 }
 
 impl Default for FuseOptions {
     fn default() -> Self {
         FuseOptions {
             attr_timeout: Duration::from_secs(1),
+            acl: true,
         }
     }
 }
@@ -108,7 +116,8 @@ fn ctx_of(c: &Context) -> Ctx {
     Ctx {
         uid: c.uid,
         gid: c.gid,
-        // The kernel applies the umask itself (no FUSE_DONT_MASK).
+        // Without ACLs the kernel applies the umask; with them (and
+        // FUSE_DONT_MASK) acl::create_with sets it per request.
         umask: 0,
         cap_sys_admin: c.uid == 0,
     }
@@ -189,13 +198,22 @@ impl FileSystem for ScoutFuse {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        // Never WRITEBACK_CACHE (§2.6); readdirplus would add lookup counts
-        // per entry, plain readdir is enough for now.
+        // Never WRITEBACK_CACHE (§2.6). READDIRPLUS_AUTO: the kernel asks
+        // for attributes only while a listing is followed by lookups.
         let want = FsOptions::ASYNC_READ
+            | FsOptions::DO_READDIRPLUS
+            | FsOptions::READDIRPLUS_AUTO
             | FsOptions::BIG_WRITES
             | FsOptions::MAX_PAGES
             | FsOptions::EXPORT_SUPPORT
             | FsOptions::PARALLEL_DIROPS;
+        // ACLs: the kernel enforces them, we keep mode and ACL in step
+        // and apply the umask ourselves (no umask under a default ACL).
+        let want = if self.opts.acl {
+            want | FsOptions::POSIX_ACL | FsOptions::DONT_MASK
+        } else {
+            want
+        };
         Ok(capable & want)
     }
 
@@ -246,18 +264,22 @@ impl FileSystem for ScoutFuse {
 
     fn setattr(
         &self,
-        _ctx: &Context,
+        ctx: &Context,
         ino: u64,
         attr: stat64,
         _handle: Option<u64>,
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
-        let fs = self.fs.clone();
+        let (fs, c, acl_on) = (self.fs.clone(), ctx_of(ctx), self.opts.acl);
         let tag = current_request();
         let set = setattr_of(&attr, valid);
-        let a = self
-            .bridge
-            .run(async move { fs.setattr_as(ino, &set, tag).await })?;
+        let a = self.bridge.run(async move {
+            let a = fs.setattr_as(ino, &set, tag).await?;
+            if let (true, Some(mode)) = (acl_on, set.mode) {
+                acl::chmod(&fs, &c, ino, mode).await?;
+            }
+            Ok(a)
+        })?;
         Ok((stat_of(&a), Duration::ZERO))
     }
 
@@ -288,12 +310,23 @@ impl FileSystem for ScoutFuse {
         name: &CStr,
         mode: u32,
         rdev: u32,
-        _umask: u32,
+        umask: u32,
     ) -> io::Result<Entry> {
-        let (fs, c, name) = (self.fs.clone(), ctx_of(ctx), name_of(name));
-        let a = self
-            .bridge
-            .run(async move { fs.mknod(&c, parent, &name, mode, rdev).await })?;
+        let (fs, c, name, on) = (self.fs.clone(), ctx_of(ctx), name_of(name), self.opts.acl);
+        let a = self.bridge.run(async move {
+            let f = fs.clone();
+            acl::create_with(
+                &fs,
+                c,
+                on,
+                parent,
+                mode,
+                umask,
+                false,
+                |c, mode| async move { f.mknod(&c, parent, &name, mode, rdev).await },
+            )
+            .await
+        })?;
         Ok(self.entry(a, Duration::ZERO))
     }
 
@@ -303,12 +336,23 @@ impl FileSystem for ScoutFuse {
         parent: u64,
         name: &CStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
     ) -> io::Result<Entry> {
-        let (fs, c, name) = (self.fs.clone(), ctx_of(ctx), name_of(name));
-        let a = self
-            .bridge
-            .run(async move { fs.mkdir(&c, parent, &name, mode).await })?;
+        let (fs, c, name, on) = (self.fs.clone(), ctx_of(ctx), name_of(name), self.opts.acl);
+        let a = self.bridge.run(async move {
+            let f = fs.clone();
+            acl::create_with(
+                &fs,
+                c,
+                on,
+                parent,
+                mode,
+                umask,
+                true,
+                |c, mode| async move { f.mkdir(&c, parent, &name, mode).await },
+            )
+            .await
+        })?;
         Ok(self.entry(a, Duration::ZERO))
     }
 
@@ -371,10 +415,21 @@ impl FileSystem for ScoutFuse {
         name: &CStr,
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
-        let (fs, c, name) = (self.fs.clone(), ctx_of(ctx), name_of(name));
-        let mode = args.mode;
+        let (fs, c, name, on) = (self.fs.clone(), ctx_of(ctx), name_of(name), self.opts.acl);
+        let (mode, umask) = (args.mode, args.umask);
         let a = self.bridge.run(async move {
-            let a = fs.create(&c, parent, &name, mode).await?;
+            let f = fs.clone();
+            let a = acl::create_with(
+                &fs,
+                c,
+                on,
+                parent,
+                mode,
+                umask,
+                false,
+                |c, mode| async move { f.create(&c, parent, &name, mode).await },
+            )
+            .await?;
             fs.open(a.ino).await
         })?;
         let e = self.entry(a, Duration::ZERO);
@@ -500,8 +555,16 @@ impl FileSystem for ScoutFuse {
     ) -> io::Result<()> {
         let (fs, c, name) = (self.fs.clone(), ctx_of(ctx), name_of(name));
         let value = value.to_vec();
-        self.bridge
-            .run(async move { fs.setxattr(&c, ino, &name, &value, flags).await })
+        if acl::is_acl_name(&name) && !self.opts.acl {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
+        self.bridge.run(async move {
+            match name.as_slice() {
+                acl::ACCESS => acl::set_access(&fs, &c, ino, &value, flags).await,
+                acl::DEFAULT => acl::set_default(&fs, &c, ino, &value, flags).await,
+                _ => fs.setxattr(&c, ino, &name, &value, flags).await,
+            }
+        })
     }
 
     fn getxattr(
@@ -512,6 +575,9 @@ impl FileSystem for ScoutFuse {
         size: u32,
     ) -> io::Result<GetxattrReply> {
         let (fs, name) = (self.fs.clone(), name_of(name));
+        if acl::is_acl_name(&name) && !self.opts.acl {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
         let v = self
             .bridge
             .run(async move { fs.getxattr(ino, &name).await })?;
@@ -595,6 +661,56 @@ impl FileSystem for ScoutFuse {
         }
     }
 
+    fn readdirplus(
+        &self,
+        _ctx: &Context,
+        ino: u64,
+        _handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let mut start = offset;
+        loop {
+            let fs = self.fs.clone();
+            let batch = self
+                .bridge
+                .run(async move { readdir_attrs(&fs, ino, start).await })?;
+            let full = batch.len() == READDIR_BATCH_ENTRIES;
+            for (e, attr) in &batch {
+                // Node id 0: no attributes for this entry ("." and "..",
+                // or an entry removed since); the kernel counts no lookup.
+                let entry = match attr {
+                    Some(a) => entry_of(a, self.opts.attr_timeout),
+                    None => Entry {
+                        inode: 0,
+                        ..entry_of(&engine::fs::Attr::default(), Duration::ZERO)
+                    },
+                };
+                let used = add_entry(
+                    DirEntry {
+                        ino: e.ino,
+                        offset: e.pos + 1,
+                        type_: linux_dtype(e.ty).into(),
+                        name: &e.name,
+                    },
+                    entry,
+                )?;
+                if used == 0 {
+                    return Ok(());
+                }
+                // Only an entry the reply carries is a lookup.
+                if let Some(a) = attr {
+                    self.count_lookup(a.ino);
+                }
+                start = e.pos + 1;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
     fn fsyncdir(&self, ctx: &Context, ino: u64, datasync: bool, handle: u64) -> io::Result<()> {
         self.fsync(ctx, ino, datasync, handle)
     }
@@ -629,4 +745,28 @@ impl FileSystem for ScoutFuse {
             Err(errno(libc::EACCES))
         }
     }
+}
+
+/// One batch of `ino`'s entries from `start`, each with its attributes
+/// (none for "." and "..", or for an entry whose inode went meanwhile).
+async fn readdir_attrs(
+    fs: &Fs,
+    ino: u64,
+    start: u64,
+) -> engine::fs::FsResult<Vec<(engine::fs::DirEntry, Option<engine::fs::Attr>)>> {
+    let ents = fs.readdir(ino, start, READDIR_BATCH_ENTRIES).await?;
+    let mut out = Vec::with_capacity(ents.len());
+    for e in ents {
+        let attr = if e.name == b"." || e.name == b".." {
+            None
+        } else {
+            match fs.getattr(e.ino).await {
+                Ok(a) => Some(a),
+                Err(libc::ENOENT) | Err(libc::ESTALE) => None,
+                Err(err) => return Err(err),
+            }
+        };
+        out.push((e, attr));
+    }
+    Ok(out)
 }

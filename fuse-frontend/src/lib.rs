@@ -5,6 +5,7 @@
 //! * [`bridge`]: how a FUSE worker thread runs an operation on the engine
 //!   executor and waits for it.
 //! * [`attr`]: attribute conversions.
+//! * [`acl`]: POSIX ACL semantics the kernel leaves to the filesystem.
 //! * [`session`]: mount(2) on /dev/fuse, worker threads, unmount.
 //! * [`signals`]: SIGTERM and friends, taken by a watcher thread.
 //! * [`daemon`]: [`serve`], the whole life of one single-node mount, which
@@ -12,6 +13,8 @@
 //! * [`control`]: the control socket `@scoutfs/<ident>` the `scoutfs`
 //!   utility talks to, its wire format and client, and the status tree
 //!   under /run/scoutfs (docs/control-socket.md).
+//! * [`fence_tree`]: the tree's `fence/` and `quorum/` files, kept from
+//!   the node's start by a thread of their own.
 //! * [`launch`]: forking a daemon and waiting until it has mounted.
 //! * [`options`]: scoutfs mount options.
 //! * [`helpers`]: `mount.scoutfs` and `umount.fuse.scoutfs`.
@@ -19,10 +22,12 @@
 //! docs/fuse.md describes what works through a real mount and the
 //! pjdfstest results.
 
+pub mod acl;
 pub mod attr;
 pub mod bridge;
 pub mod control;
 pub mod daemon;
+pub mod fence_tree;
 pub mod filesystem;
 pub mod helpers;
 pub mod launch;

@@ -106,6 +106,23 @@ pub fn is_dead_here(dir: &Path, rid: u64) -> bool {
     free
 }
 
+/// Whether some other open of `path` holds an exclusive flock on it (how
+/// the node sees a running `scoutfs fenced`). A missing file is not held.
+pub fn flock_held_elsewhere(path: &Path) -> bool {
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    match flock(&f, libc::LOCK_SH | libc::LOCK_NB) {
+        Ok(true) => {
+            // SAFETY: unlocking a descriptor this File owns.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+            false
+        }
+        Ok(false) => true,
+        Err(_) => false,
+    }
+}
+
 /// Fences `rid` on this host (see the module documentation). Blocking: run
 /// it with [`Runtime::spawn_blocking`].
 pub fn fence_local_blocking(dir: &Path, rid: u64, wait: Duration) -> std::io::Result<()> {

@@ -3,21 +3,28 @@
 //! whichever node serves (reference §5.4 startup, §6; ARCHITECTURE §2.10).
 //!
 //! Startup of a server, as the agent asks for it: fence every earlier
-//! leader (the local flock fence), open the server from the super, listen
+//! leader (through [`Fencer`]: a fence agent or the local flock fence), open the server from the super, listen
 //! on our slot's address, then report up. A node without a slot is a
 //! client only. Clients find the server from the quorum blocks, asked
 //! again before every connection attempt, so failover needs nothing more.
 //!
-//! Touches `node::{quorum, client, serve, fence}`, `server`, `quorum`.
+//! Every fence (earlier leaders, mounts that did not recover or reconnect)
+//! is a request of the node's [`Fencer`]; a fenced mount is reclaimed and
+//! its request removed; a failed or unanswered request stops the server
+//! (§6.4) so that a new leader retries.
+//!
+//! Touches `node::{quorum, client, serve, fence, fencer}`, `server`, `quorum`.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use drivers::BlockDevice;
 
 use super::client::{Locate, NetClient};
-use super::fence::{fence_local, is_dead_here, RidLock};
+use super::fence::{is_dead_here, RidLock};
+use super::fence_requests::Reason;
+use super::fencer::{Fencer, FencerConfig};
 use super::quorum::{read_quorum_blocks, QuorumDriver, QuorumHost, Report, ReportSender};
 use super::serve::NetServer;
 use super::transport::Transport;
@@ -55,6 +62,9 @@ pub struct NodeConfig {
     pub log: NodeLog,
 }
 
+/// A node's status and its server's address, readable from any thread.
+pub type StatusSource = Arc<dyn Fn() -> (NodeStatus, Option<SocketAddr>) + Send + Sync>;
+
 /// What the node's server is doing, for the status tree and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NodeStatus {
@@ -67,7 +77,7 @@ pub struct NodeStatus {
 
 struct Running {
     term: u64,
-    _server: Arc<Server>,
+    server: Arc<Server>,
     net: NetServer,
 }
 
@@ -83,6 +93,7 @@ struct Host {
     server_opts: ServerOptions,
     reports: ReportSender,
     running: Mutex<Option<Running>>,
+    fencer: Arc<Fencer>,
     log: NodeLog,
 }
 
@@ -102,7 +113,8 @@ impl Host {
     }
 
     async fn start(self: Arc<Self>, term: u64, fence: Vec<FenceRequest>) {
-        for req in &fence {
+        // All at once: the agent sees every request in one pass.
+        let fences = fence.iter().map(|req| {
             (self.log)(
                 LogLevel::Info,
                 &format!(
@@ -110,7 +122,16 @@ impl Host {
                     req.rid, req.term, req.slot
                 ),
             );
-            if let Err(e) = fence_local(&self.rt, self.rid_lock_dir.clone(), req.rid).await {
+            let ip = if req.addr.is_v4() {
+                req.addr.ipv4()
+            } else {
+                Ipv4Addr::UNSPECIFIED
+            };
+            self.fencer.fence(req.rid, ip, Reason::QuorumBlockLeader)
+        });
+        let results = futures::future::join_all(fences).await;
+        for (req, res) in fence.iter().zip(results) {
+            if let Err(e) = res {
                 (self.log)(
                     LogLevel::Error,
                     &format!("fencing rid {:016x} failed: errno {e}", req.rid),
@@ -133,7 +154,7 @@ impl Host {
         let started = async {
             let server =
                 Server::open(self.meta.clone(), self.data.clone(), self.rt.clone(), opts).await?;
-            let log = self.log.clone();
+            let weak = self.me.clone();
             let mut recovering = server.mounted_rids().await?;
             recovering.retain(|&r| r != self.rid);
             let net = NetServer::start(
@@ -144,10 +165,9 @@ impl Host {
                 term,
                 recovering,
                 Box::new(move |rid, why| {
-                    log(
-                        LogLevel::Warn,
-                        &format!("client rid {rid:016x} must be fenced: {why}"),
-                    )
+                    if let Some(host) = weak.upgrade() {
+                        host.fence_hook(term, rid, why);
+                    }
                 }),
             )
             .await
@@ -157,11 +177,7 @@ impl Host {
         match started.await {
             Ok((server, net)) => {
                 let recovering = server.clone();
-                *self.lock() = Some(Running {
-                    term,
-                    _server: server,
-                    net,
-                });
+                *self.lock() = Some(Running { term, server, net });
                 (self.log)(
                     LogLevel::Info,
                     &format!("server of term {term} listening on {}", self.listen),
@@ -226,12 +242,68 @@ impl Host {
                 LogLevel::Warn,
                 &format!("rid {rid:016x} did not reconnect: fencing"),
             );
-            match fence_local(&self.rt, self.rid_lock_dir.clone(), rid).await {
-                Ok(()) => self.reclaim(&server, rid).await,
-                Err(e) => (self.log)(
+            self.rt
+                .spawn(self.clone().fence_and_reclaim(
+                    term,
+                    server.clone(),
+                    rid,
+                    Reason::ClientRecovery,
+                ))
+                .detach();
+        }
+    }
+
+    /// The network server's verdict that `rid` must be fenced.
+    fn fence_hook(self: Arc<Self>, term: u64, rid: u64, why: &str) {
+        let server = match self.lock().as_ref() {
+            Some(r) if r.term == term => r.server.clone(),
+            _ => return,
+        };
+        let reason = Reason::parse(why).unwrap_or(Reason::ClientReconnect);
+        (self.log)(
+            LogLevel::Warn,
+            &format!("client rid {rid:016x} must be fenced: {why}"),
+        );
+        self.rt
+            .spawn(self.clone().fence_and_reclaim(term, server, rid, reason))
+            .detach();
+    }
+
+    /// Fences `rid` and reclaims it; a fence that fails stops the server
+    /// of `term` (§6.4: a new leader retries).
+    async fn fence_and_reclaim(
+        self: Arc<Self>,
+        term: u64,
+        server: Arc<Server>,
+        rid: u64,
+        reason: Reason,
+    ) {
+        let seen = self.lock().as_ref().and_then(|r| r.net.peer_addr(rid));
+        let ip = match seen {
+            Some(SocketAddr::V4(a)) => *a.ip(),
+            // Never reached this server: what its first greeting recorded.
+            _ => server
+                .mounted_client_addr(rid)
+                .await
+                .unwrap_or(Ipv4Addr::UNSPECIFIED),
+        };
+        match self.fencer.fence(rid, ip, reason).await {
+            Ok(()) => self.reclaim(&server, rid).await,
+            Err(e) => {
+                (self.log)(
                     LogLevel::Error,
-                    &format!("fencing rid {rid:016x} failed: errno {e}"),
-                ),
+                    &format!(
+                        "fencing rid {rid:016x} ({}) failed: errno {e}, stopping the server",
+                        reason.as_str()
+                    ),
+                );
+                let stopped = self.lock().take_if(|r| r.term == term);
+                if stopped.is_some() {
+                    drop(stopped);
+                    self.fencer.clear();
+                    self.reports
+                        .send(Report::ServerStopped { term, err: Some(e) });
+                }
             }
         }
     }
@@ -242,6 +314,7 @@ impl Host {
                 if let Some(r) = self.lock().as_ref() {
                     r.net.client_gone(rid);
                 }
+                self.fencer.remove(rid);
                 (self.log)(LogLevel::Info, &format!("reclaimed rid {rid:016x}"))
             }
             Err(e) => (self.log)(
@@ -262,6 +335,9 @@ impl QuorumHost for Host {
     fn stop_server(&self, term: u64) {
         let stopped = self.lock().take_if(|r| r.term == term);
         drop(stopped);
+        // Requests die with the server (a new leader asks again); a start
+        // still waiting on its fences gets ECANCELED.
+        self.fencer.clear();
         self.reports.send(Report::ServerStopped { term, err: None });
     }
 
@@ -310,6 +386,10 @@ impl Node {
                     server_opts: cfg.server.clone(),
                     reports,
                     running: Mutex::new(None),
+                    fencer: Fencer::new(
+                        cfg.rt.clone(),
+                        FencerConfig::local_host(&cfg.rt, &cfg.rid_lock_dir),
+                    ),
                     log: cfg.log.clone(),
                 });
                 let mut acfg = AgentConfig::new(fsid, cfg.rid, slot, sb.qconf, cfg.rt.random_u64());
@@ -383,16 +463,36 @@ impl Node {
     }
 
     pub fn status(&self) -> NodeStatus {
-        let q = self.driver.as_ref().map(|d| d.status()).unwrap_or_default();
-        NodeStatus {
-            quorum_term: q.term,
-            leader: q.leader,
-            serving_term: self
-                .host
+        self.status_source()().0
+    }
+
+    /// [`Node::status`] and the address of the server running here, as a
+    /// function other threads may keep (the status tree's `quorum/`).
+    pub fn status_source(&self) -> StatusSource {
+        let q = self.driver.as_ref().map(|d| d.status_handle());
+        let host = self.host.clone();
+        Arc::new(move || {
+            let q = q
                 .as_ref()
-                .and_then(|h| h.lock().as_ref().map(|r| r.term)),
-            agent_failed: q.failed,
-        }
+                .map(|q| *q.lock().unwrap_or_else(|p| p.into_inner()))
+                .unwrap_or_default();
+            let serving = host
+                .as_ref()
+                .and_then(|h| h.lock().as_ref().map(|r| (r.term, r.net.local_addr())));
+            let st = NodeStatus {
+                quorum_term: q.term,
+                leader: q.leader,
+                serving_term: serving.map(|s| s.0),
+                agent_failed: q.failed,
+            };
+            (st, serving.map(|s| s.1))
+        })
+    }
+
+    /// This node's fence requests (a quorum member's; `None` for a client
+    /// only mount): the status tree publishes them and passes answers in.
+    pub fn fencer(&self) -> Option<Arc<Fencer>> {
+        self.host.as_ref().map(|h| h.fencer.clone())
     }
 
     /// The server running here, if any (tests and the status tree).

@@ -9,12 +9,17 @@
 //! * [`serve`]: the server answering mounts.
 //! * [`quorum`]: the election agent's thread (UDP and quorum blocks).
 //! * [`fence`]: the local fence action (a flock per rid).
+//! * [`fence_requests`]: fence requests as a sans-IO state machine.
+//! * [`fencer`]: a node's fence requests, answered by an agent or the
+//!   local fence.
 //! * [`locks`]: a mount's cluster locks over its connection.
 //! * [`member`]: a whole node: agent, the server it starts when elected,
 //!   and its mount's link.
 
 pub mod client;
 pub mod fence;
+pub mod fence_requests;
+pub mod fencer;
 pub mod fs_locks;
 pub mod locks;
 pub mod member;

@@ -180,6 +180,11 @@ impl QuorumDriver {
         *self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The status as it changes, for readers on other threads.
+    pub fn status_handle(&self) -> Arc<Mutex<QuorumStatus>> {
+        self.status.clone()
+    }
+
     /// Asks the agent to resign and write END, and waits for its thread
     /// (which first waits for any server it runs to be stopped).
     pub fn shutdown(mut self) {

@@ -65,6 +65,10 @@ struct State {
     stats: ServeStats,
     /// OPEN_INO_MAP queries waiting for other mounts' answers.
     omap: open_map::Queries<ReqRef>,
+    /// Each open socket's peer, and each greeted rid's last one (the
+    /// address a fence request names).
+    peers: BTreeMap<SockId, SocketAddr>,
+    rid_peers: BTreeMap<u64, SocketAddr>,
 }
 
 struct Shared {
@@ -113,6 +117,8 @@ impl NetServer {
                 next_sock: 1,
                 stats: ServeStats::default(),
                 omap: open_map::Queries::default(),
+                peers: BTreeMap::new(),
+                rid_peers: BTreeMap::new(),
             }),
             fence,
             locks: locks_tx,
@@ -154,6 +160,11 @@ impl NetServer {
     /// Rids with connection state (connected or waiting to reconnect).
     pub fn rids(&self) -> Vec<u64> {
         self.shared.lock().net.rids().collect()
+    }
+
+    /// The address `rid` last greeted from, if it did with this server.
+    pub fn peer_addr(&self, rid: u64) -> Option<SocketAddr> {
+        self.shared.lock().rid_peers.get(&rid).copied()
     }
 
     /// The mount `rid` is gone for good (fenced and reclaimed): the lock
@@ -415,18 +426,27 @@ impl Shared {
         let verdict = match check_greeting(&g, self.server.fsid(), self.server.fmt_vers()) {
             Err(e) => Err(e.errno()),
             Ok(()) if kind == GreetingKind::Gone => Err(libc::ESTALE),
-            // The handler records a new mount, or refuses one it reclaimed.
-            Ok(()) => self
-                .server
-                .handle(rid, Cmd::Greeting, g.as_bytes())
-                .await
-                .map(|_| ()),
+            // The handler records a new mount (with its address), or
+            // refuses one it reclaimed.
+            Ok(()) => {
+                let peer = self.lock().peers.get(&sock).copied();
+                if let Some(SocketAddr::V4(a)) = peer {
+                    self.server.note_greeting_addr(rid, a);
+                }
+                self.server
+                    .handle(rid, Cmd::Greeting, g.as_bytes())
+                    .await
+                    .map(|_| ())
+            }
         };
         let mut out = Vec::new();
         let mut st = self.lock();
         match verdict {
             Ok(()) => {
                 st.stats.greetings += 1;
+                if let Some(&peer) = st.peers.get(&sock) {
+                    st.rid_peers.insert(rid, peer);
+                }
                 let kind = st.net.accept_greeting(sock, &mut out);
                 if matches!(
                     kind,
@@ -484,6 +504,7 @@ async fn accept_loop(weak: Weak<Shared>, listener: Box<dyn Listener>) {
         st.stats.accepted += 1;
         let (tx, rx) = mpsc::unbounded();
         st.writers.insert(sock, tx);
+        st.peers.insert(sock, stream.peer);
         st.net.accepted(sock);
         shared.rt.spawn(write_loop(stream.writer, rx)).detach();
         shared
@@ -509,6 +530,7 @@ async fn read_loop(weak: Weak<Shared>, sock: SockId, mut reader: Box<dyn StreamR
             }
             _ => {
                 st.writers.remove(&sock);
+                st.peers.remove(&sock);
                 st.net.closed(sock, now, &mut out);
                 shared.apply(&mut st, out);
                 return;

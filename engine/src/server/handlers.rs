@@ -142,6 +142,9 @@ impl Server {
             if g.flags.get() & GREETING_FLAG_QUORUM != 0 {
                 mc.flags = MOUNTED_CLIENT_FLAG_QUORUM;
             }
+            if let Some(addr) = self.take_greeting_addr(rid) {
+                mc.addr = addr;
+            }
             let State { sb, alloc, .. } = st;
             match self
                 .btree

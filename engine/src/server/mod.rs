@@ -160,6 +160,10 @@ pub struct Server {
     stable: Mutex<SuperBlock>,
     /// Nonzero once a commit failed part way: every call then fails with it.
     stopped: AtomicI32,
+    /// Where each greeting came from (the network layer notes it just
+    /// before the GREETING call): a first contact records it in the
+    /// mounted_client item, for the fence requests of a later server.
+    greeting_addrs: Mutex<std::collections::BTreeMap<u64, crate::format::superblock::InetAddr>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -304,6 +308,7 @@ impl Server {
             state: futures::lock::Mutex::new(state),
             stable: Mutex::new(sb),
             stopped: AtomicI32::new(0),
+            greeting_addrs: Mutex::new(std::collections::BTreeMap::new()),
         }))
     }
 
@@ -468,6 +473,41 @@ impl Server {
             .await
             .map_err(|e| e.errno())?;
         Ok(items.iter().map(|it| it.key.first).collect())
+    }
+
+    /// Notes the address `rid`'s next GREETING comes from.
+    pub fn note_greeting_addr(&self, rid: u64, addr: std::net::SocketAddrV4) {
+        let a = crate::format::superblock::InetAddr::v4(*addr.ip(), addr.port());
+        self.greeting_addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rid, a);
+    }
+
+    pub(crate) fn take_greeting_addr(
+        &self,
+        rid: u64,
+    ) -> Option<crate::format::superblock::InetAddr> {
+        self.greeting_addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rid)
+    }
+
+    /// The IPv4 address recorded for mounted `rid` at its first greeting,
+    /// if any (mounts of older servers and in-process links have none).
+    pub async fn mounted_client_addr(&self, rid: u64) -> Option<std::net::Ipv4Addr> {
+        let sb = self.stable_super();
+        let item = self
+            .btree
+            .lookup(
+                &sb.mounted_clients,
+                &crate::format::items::mounted_client_key(rid),
+            )
+            .await
+            .ok()??;
+        let mc = crate::format::items::MountedClient::read_from_bytes(&item.val).ok()?;
+        (mc.addr.is_v4() && mc.addr.addr.get() != 0).then(|| mc.addr.ipv4())
     }
 
     /// Reclaims a mount that is gone (fenced, or known dead): its open log
