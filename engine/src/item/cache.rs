@@ -507,7 +507,10 @@ impl ItemCache {
             let old = st.items.get(&key).cloned();
             // Without a read we can't know whether the stable trees hold
             // the key: assume they do, so a later delete leaves a tombstone.
-            let persistent = old.as_ref().map_or(!cached, |o| o.persistent);
+            // Forced writes go to zones read without a cluster lock, where
+            // a cached range's "absent" may be older than another mount's
+            // commit: they never trust it.
+            let persistent = old.as_ref().map_or(!cached || forced, |o| o.persistent);
             let present = old.as_ref().is_some_and(|o| !o.deletion);
             let new_item = |val: Vec<u8>, deletion: bool| CItem {
                 val,
@@ -525,7 +528,7 @@ impl ItemCache {
                     st.set_dirty(key, new_item(v, false), lock_start);
                 }
                 Change::Delete | Change::DeleteForce => {
-                    if !present && cached && old.is_none() {
+                    if !present && cached && old.is_none() && !forced {
                         // Known absent: nothing to hide.
                         return Ok(());
                     }

@@ -503,7 +503,11 @@ impl Server {
     /// GET_LAST_SEQ (§8.1): `min(core_seq − 1, get_trans_seq − 1)` over
     /// every rid whose newest log tree is open.
     async fn get_last_seq(&self, st: &mut State) -> HResult {
-        let mut last = st.core_seq.saturating_sub(1);
+        // `core_seq` is the last seq handed out (`next_seq` increments
+        // first): the reference's "core_seq - 1" with its counter pointing
+        // at the next one. Mounts open transactions lazily, so after a
+        // commit no newer seq may have been handed out at all.
+        let mut last = st.core_seq;
         let lts = all_log_trees(&self.btree, &st.sb).await.map_err(errno)?;
         // Items are in (rid, nr) order: a rid's newest is its last.
         for (i, lt) in lts.iter().enumerate() {

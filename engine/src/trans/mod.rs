@@ -148,6 +148,10 @@ enum CommitKind {
 
 #[derive(Debug, Default)]
 struct TransState {
+    /// No transaction is open: the last one committed and the next opens
+    /// (GET_LOG_TREES) at the next hold. An idle mount keeps none open, so
+    /// it never holds the server's last stable seq back (§8.1).
+    closed: bool,
     holders: u64,
     /// A commit is waiting for holders or writing: new holds wait.
     committing: bool,
@@ -263,8 +267,8 @@ pub(crate) async fn read_super(meta: &Arc<dyn BlockDevice>) -> Result<SuperBlock
 }
 
 impl Mount {
-    /// Mounts the volume: reads the super for its fsid and format version
-    /// and opens the first transaction with `GET_LOG_TREES`.
+    /// Mounts the volume: reads the super for its fsid and format version.
+    /// The first transaction opens (`GET_LOG_TREES`) at the first hold.
     pub async fn open(
         meta: Arc<dyn BlockDevice>,
         data: Arc<dyn BlockDevice>,
@@ -282,7 +286,8 @@ impl Mount {
             opts.block_cache_blocks,
             Arc::new(move || rt2.random_u64()),
         ));
-        let lt = get_log_trees(&link).await?;
+        let lt = LogTrees::read_from_bytes(&[0u8; std::mem::size_of::<LogTrees>()])
+            .map_err(|_| libc::EIO)?;
         let inner = Arc::new(Inner {
             rid,
             fmt_vers: sb.fmt_vers.get(),
@@ -291,7 +296,10 @@ impl Mount {
             btree: Btree::new(cache.clone()),
             forest: Forest::new(cache.clone(), link),
             items: ItemCache::new(opts.cache_items_max),
-            st: Mutex::new(TransState::default()),
+            st: Mutex::new(TransState {
+                closed: true,
+                ..TransState::default()
+            }),
             waiters: Waiters::default(),
             tree: futures::lock::Mutex::new(TreeState {
                 alloc: ListAlloc::new(cache, lt.meta_avail, lt.meta_freed),
@@ -488,6 +496,10 @@ impl Inner {
     async fn hold(self: &Arc<Self>, allocating: bool) -> Result<HoldGuard, i32> {
         loop {
             self.waiters.wait_until(|| !self.lock().committing).await;
+            if self.lock().closed {
+                self.reopen().await?;
+                continue;
+            }
             let est = self.dirty_block_estimate();
             let (meta_short, data_short, any_low, stale, meta_low) = {
                 let st = self.lock();
@@ -519,7 +531,7 @@ impl Inner {
                 return Err(libc::ENOSPC);
             }
             let mut st = self.lock();
-            if st.committing {
+            if st.committing || st.closed {
                 continue;
             }
             st.holders += 1;
@@ -532,6 +544,39 @@ impl Inner {
 
     async fn commit(&self) -> Result<(), i32> {
         self.commit_as(CommitKind::IfChanged).await
+    }
+
+    /// Step 9 of §3.2, at the first hold after a commit: `GET_LOG_TREES`
+    /// opens the next transaction with a new seq and fresh allocators.
+    async fn reopen(&self) -> Result<(), i32> {
+        let _serial = self.commit_lock.lock().await;
+        self.reopen_locked().await
+    }
+
+    /// [`Inner::reopen`] for a caller that holds `commit_lock`.
+    async fn reopen_locked(&self) -> Result<(), i32> {
+        {
+            let st = self.lock();
+            if let Some(e) = st.broken {
+                return Err(e);
+            }
+            if !st.closed {
+                return Ok(());
+            }
+        }
+        let mut ts = self.tree.lock().await;
+        let next = self.retry(|| get_log_trees(&self.link)).await?;
+        if next.nr != ts.lt.nr {
+            ts.bloom_set.clear();
+            self.items.end_log_tree();
+        }
+        ts.alloc = ListAlloc::new(self.btree.cache().clone(), next.meta_avail, next.meta_freed);
+        ts.lt = next;
+        self.publish(&next);
+        self.lock().closed = false;
+        drop(ts);
+        self.waiters.wake_all();
+        Ok(())
     }
 
     async fn commit_as(&self, kind: CommitKind) -> Result<(), i32> {
@@ -574,6 +619,15 @@ impl Inner {
     }
 
     async fn commit_locked(&self, kind: CommitKind) -> Result<(), i32> {
+        if self.lock().closed {
+            if !self.has_changes() {
+                // The next hold opens a transaction with fresh allocators.
+                return Ok(());
+            }
+            // Items written without a hold (tests of this layer): they
+            // need a tree to go into.
+            self.reopen_locked().await?;
+        }
         let mut ts = self.tree.lock().await;
         let snap = self.items.dirty_items();
         let delta = self.inode_delta.load(Ordering::Relaxed);
@@ -617,15 +671,9 @@ impl Inner {
         self.items.write_done(&snap);
         self.inode_delta.fetch_sub(delta, Ordering::Relaxed);
         ts.data_changed = false;
-        // Step 9: the next transaction.
-        let next = self.retry(|| get_log_trees(&self.link)).await?;
-        if next.nr != lt.nr {
-            ts.bloom_set.clear();
-            self.items.end_log_tree();
-        }
-        ts.alloc = ListAlloc::new(self.btree.cache().clone(), next.meta_avail, next.meta_freed);
-        ts.lt = next;
-        self.publish(&next);
+        // Step 9 waits for the next hold (`reopen`).
+        ts.lt = lt;
+        self.lock().closed = true;
         Ok(())
     }
 
