@@ -94,11 +94,26 @@ fn no_mounts_under(dir: &Path) -> bool {
     !sys::mount_points().iter().any(|m| m.starts_with(dir))
 }
 
+/// The run's work directory: everything the run makes has it in its
+/// path (mount points, loop backing files, daemon command lines).
+static TAG: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Sets the work directory the final sweep of [`undo_all`] looks for.
+pub fn set_tag(dir: &Path) {
+    *TAG.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir.to_path_buf());
+}
+
 /// Undoes everything registered and marks the run closing: mounts first,
 /// newest first (a passthrough before what it passes through to; FUSE
-/// daemons then commit and exit by themselves), then daemons, loop
-/// devices and directories.
+/// daemons then commit and exit by themselves), then daemons and loop
+/// devices; then a sweep for anything under the work directory that was
+/// being set up when the run was interrupted (mounted or attached but not
+/// registered yet); the work directory last.
 pub fn undo_all() {
+    // One undo at a time: the signal thread and the main thread's normal
+    // end may both get here; the second waits and finds nothing left.
+    static UNDOING: Mutex<()> = Mutex::new(());
+    let _one = UNDOING.lock().unwrap_or_else(|e| e.into_inner());
     CLOSING.store(true, Ordering::SeqCst);
     let rank = |r: &Res| match r {
         Res::Mount(_) => 0,
@@ -106,16 +121,41 @@ pub fn undo_all() {
         Res::Loop(_) => 2,
         Res::Dir(_) => 3,
     };
-    loop {
-        let next = {
-            let mut reg = lock();
-            let best = (0..reg.len()).rev().min_by_key(|&i| rank(&reg[i]));
-            best.map(|i| reg.remove(i))
-        };
-        match next {
-            Some(r) => undo(&r),
-            None => break,
-        }
+    let next = |max: u8| {
+        let mut reg = lock();
+        let best = (0..reg.len())
+            .rev()
+            .filter(|&i| rank(&reg[i]) <= max)
+            .min_by_key(|&i| rank(&reg[i]));
+        best.map(|i| reg.remove(i))
+    };
+    while let Some(r) = next(2) {
+        undo(&r);
+    }
+    sweep();
+    while let Some(r) = next(3) {
+        undo(&r);
+    }
+}
+
+fn sweep() {
+    let Some(tag) = TAG.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        return;
+    };
+    let mut mounts: Vec<PathBuf> = sys::mount_points()
+        .into_iter()
+        .filter(|m| m.starts_with(&tag))
+        .collect();
+    // Deepest first: bindfs-like mounts inside others go before them.
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    for m in mounts {
+        undo(&Res::Mount(m));
+    }
+    for pid in sys::pids_with(&tag.to_string_lossy()) {
+        sys::stop(pid);
+    }
+    for dev in sys::loops_with(&tag.to_string_lossy()) {
+        sys::loop_detach(&dev);
     }
 }
 

@@ -52,7 +52,11 @@ pub struct Ctx {
 
 impl Ctx {
     /// Shows what runs now under the progress bar.
+    /// Without a terminal (CI logs) each step is a line instead.
     pub fn status(&self, msg: &str) {
+        if self.bar.is_hidden() {
+            eprintln!("[{:>4} s] {msg}", self.bar.elapsed().as_secs());
+        }
         self.bar.set_message(msg.to_string());
     }
 }
@@ -77,6 +81,12 @@ enum Cmd {
     Run(RunArgs),
     /// Show the change between two runs' JSON reports.
     Compare { a: PathBuf, b: PathBuf },
+    /// Print a JSON report again: as the terminal table, or as Markdown.
+    Show {
+        report: PathBuf,
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Install the Debian packages the baselines need.
     Setup,
     /// Remove what a killed run (SIGKILL) left behind: mounts, loop devices.
@@ -154,6 +164,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Some(Cmd::Compare { a, b }) => compare(&a, &b),
+        Some(Cmd::Show { report, markdown }) => match load(&report) {
+            Ok(r) if markdown => {
+                print!("{}", report::markdown(&r));
+                ExitCode::SUCCESS
+            }
+            Ok(r) => {
+                println!("{}", report::table(&r.rows, &r.ratios));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
         Some(Cmd::Setup) => match setup(true) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
@@ -172,12 +193,13 @@ fn fail(msg: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+fn load(p: &Path) -> Result<report::Report, String> {
+    let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not a scoutfs-perf report: {e}", p.display()))
+}
+
 fn compare(a: &Path, b: &Path) -> ExitCode {
-    let load = |p: &Path| -> Result<report::Report, String> {
-        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        serde_json::from_str(&text)
-            .map_err(|e| format!("{}: not a scoutfs-perf report: {e}", p.display()))
-    };
     match (load(a), load(b)) {
         (Ok(ra), Ok(rb)) => {
             print!("{}", report::compare(&ra, &rb));
@@ -346,6 +368,7 @@ fn run(args: RunArgs) -> ExitCode {
         return fail(&format!("{}: {e}", workdir.display()));
     }
     let workdir = workdir.canonicalize().unwrap_or(workdir);
+    cleanup::set_tag(&workdir);
     cleanup::push(Res::Dir(workdir.clone()));
     let (scoutfs, mount_helper) = match links(&workdir, args.scoutfs_bin.as_deref()) {
         Ok(x) => x,
@@ -425,6 +448,10 @@ fn run(args: RunArgs) -> ExitCode {
         }
         ctx.bar.inc(1);
     }
+    // The cleanup test's hook: a panic with every filesystem up.
+    if std::env::var_os("SCOUTFS_PERF_PANIC_AFTER_SETUP").is_some() {
+        panic!("SCOUTFS_PERF_PANIC_AFTER_SETUP is set");
+    }
     // Run order follows --targets (scoutfs first by default).
     ready.sort_by_key(|t| kinds.iter().position(|k| *k == t.kind));
 
@@ -463,6 +490,13 @@ fn run(args: RunArgs) -> ExitCode {
         }
         if cleanup::closing() {
             break;
+        }
+    }
+    if cleanup::closing() {
+        // Interrupted: the signal thread tears down and exits; a report of
+        // aborted phases is worth nothing.
+        loop {
+            std::thread::park();
         }
     }
     ctx.status("tearing down");

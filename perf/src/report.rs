@@ -88,7 +88,7 @@ pub fn table(rows: &[Row], ratios: &[Ratio]) -> String {
         let _ = writeln!(s, "\n== {w}");
         let _ = writeln!(
             s,
-            "{:<34} {:<13} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}  ratio ours/baseline",
+            "{:<44} {:<13} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}  ratio ours/baseline",
             "test [params]",
             "target",
             "ops/s",
@@ -107,7 +107,7 @@ pub fn table(rows: &[Row], ratios: &[Ratio]) -> String {
                 format!("{} [{}]", r.test, r.params)
             };
             if let Some(why) = &r.skipped {
-                let _ = writeln!(s, "{test:<34} {:<13} skipped: {why}", r.target);
+                let _ = writeln!(s, "{test:<44} {:<13} skipped: {why}", r.target);
                 continue;
             }
             let l = r.lat_us.clone();
@@ -123,7 +123,7 @@ pub fn table(rows: &[Row], ratios: &[Ratio]) -> String {
                 .collect();
             let _ = writeln!(
                 s,
-                "{test:<34} {:<13} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}  {}",
+                "{test:<44} {:<13} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>7}  {}",
                 r.target,
                 num(r.ops_per_sec),
                 opt(r.mib_per_sec),
@@ -137,7 +137,7 @@ pub fn table(rows: &[Row], ratios: &[Ratio]) -> String {
             );
             if let Some(n) = &r.note {
                 if n.starts_with("WRONG") {
-                    let _ = writeln!(s, "{:<34} {}", "", n);
+                    let _ = writeln!(s, "{:<44} {}", "", n);
                 }
             }
         }
@@ -285,7 +285,7 @@ pub fn compare(a: &Report, b: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<12} {:<34} {:<13} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
+        "{:<12} {:<44} {:<13} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
         "workload",
         "test [params]",
         "target",
@@ -321,7 +321,7 @@ pub fn compare(a: &Report, b: &Report) -> String {
                 );
                 let _ = writeln!(
                     s,
-                    "{:<12} {:<34} {:<13} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
+                    "{:<12} {:<44} {:<13} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
                     rb.workload,
                     test,
                     rb.target,
@@ -342,7 +342,7 @@ pub fn compare(a: &Report, b: &Report) -> String {
             None => {
                 let _ = writeln!(
                     s,
-                    "{:<12} {:<34} {:<13} only in B",
+                    "{:<12} {:<44} {:<13} only in B",
                     rb.workload, test, rb.target
                 );
             }
@@ -352,10 +352,75 @@ pub fn compare(a: &Report, b: &Report) -> String {
         if !b.rows.iter().any(|rb| key(rb) == key(ra)) {
             let _ = writeln!(
                 s,
-                "{:<12} {:<34} {:<13} only in A",
+                "{:<12} {:<44} {:<13} only in A",
                 ra.workload,
                 format!("{} [{}]", ra.test, ra.params),
                 ra.target
+            );
+        }
+    }
+    s
+}
+
+/// The rows of `rep` as Markdown tables, one per workload, with every
+/// ratio of each scoutfs row (docs/performance.md is made with this).
+pub fn markdown(rep: &Report) -> String {
+    let mut s = String::new();
+    let mut workloads: Vec<&str> = Vec::new();
+    for r in &rep.rows {
+        if !workloads.contains(&r.workload.as_str()) {
+            workloads.push(&r.workload);
+        }
+    }
+    for w in workloads {
+        let _ = writeln!(s, "\n### {w}\n");
+        let _ = writeln!(s, "| test | params | target | ops/s | MiB/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | cpu s | rss MiB | ours / baseline |");
+        let _ = writeln!(s, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|");
+        for r in rep.rows.iter().filter(|r| r.workload == w) {
+            if let Some(why) = &r.skipped {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | skipped: {} | | | | | | | | | |",
+                    r.test,
+                    r.params,
+                    r.target,
+                    esc(why)
+                );
+                continue;
+            }
+            let l = r.lat_us.clone();
+            let rs: Vec<String> = rep
+                .ratios
+                .iter()
+                .filter(|x| {
+                    x.workload == r.workload
+                        && x.test == r.test
+                        && x.params == r.params
+                        && x.ours == r.target
+                })
+                .map(|x| format!("{} {:.2}", x.baseline, x.ratio))
+                .collect();
+            let target = if r.ours {
+                format!("**{}**", r.target)
+            } else {
+                r.target.clone()
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.test,
+                r.params,
+                target,
+                num(r.ops_per_sec),
+                opt(r.mib_per_sec),
+                opt(l.as_ref().map(|l| l.p50)),
+                opt(l.as_ref().map(|l| l.p90)),
+                opt(l.as_ref().map(|l| l.p99)),
+                opt(l.as_ref().map(|l| l.p999)),
+                opt(l.as_ref().map(|l| l.max)),
+                opt(r.fs_cpu_secs),
+                opt(r.fs_peak_rss_mib),
+                rs.join(", ")
             );
         }
     }

@@ -197,3 +197,11 @@ pub fn drop_caches_all() {
     unsafe { libc::sync() };
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
+
+/// Tells the kernel a file is read at random (no readahead), as fio does
+/// by default (`fadvise_hint=1`) for random workloads.
+pub fn fadvise_random(f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise on a descriptor we hold; advice only.
+    unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+}

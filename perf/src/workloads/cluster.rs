@@ -39,6 +39,20 @@ fn work(ctx: &Ctx, measured: &Target, roots: &[PathBuf]) -> Vec<Row> {
         let per = p.cluster_files;
         let params = format!("mounts={m} files/mount={per}");
         let rates = Mutex::new(Vec::new());
+        for (w, root) in roots.iter().enumerate().take(m) {
+            let dir = root.join(format!("cluster-{m}-{w}"));
+            if let Err(e) = fs::create_dir_all(&dir) {
+                rows.push(Row::skipped(
+                    NAME,
+                    &format!("create-{m}-mounts"),
+                    measured.name(),
+                    measured.ours(),
+                    &e.to_string(),
+                ));
+                return rows;
+            }
+        }
+        measured.sync(ctx);
         let agg = measure(
             measured,
             Phase {
@@ -50,7 +64,6 @@ fn work(ctx: &Ctx, measured: &Target, roots: &[PathBuf]) -> Vec<Row> {
             || {
                 par(m, |w| {
                     let dir = roots[w].join(format!("cluster-{m}-{w}"));
-                    fs::create_dir_all(&dir).map_err(ioe("mkdir", &dir))?;
                     let mut rec = Rec::new();
                     let t = Instant::now();
                     for i in 0..per {

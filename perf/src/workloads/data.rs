@@ -83,6 +83,7 @@ fn rand_io(
         .write(write)
         .open(path)
         .map_err(ioe("open", path))?;
+    sys::fadvise_random(&f);
     let blocks = (bytes / SMALL as u64).max(1);
     let mut rng = SmallRng::seed_from_u64(0x5c0f_75 + t as u64);
     let mut buf = vec![0u8; SMALL];
