@@ -67,7 +67,7 @@ fn work(ctx: &Ctx, measured: &Target, roots: &[PathBuf]) -> Vec<Row> {
                     let mut rec = Rec::new();
                     let t = Instant::now();
                     for i in 0..per {
-                        if i % 256 == 0 {
+                        if i.is_multiple_of(256) {
                             check_closing()?;
                         }
                         let f = dir.join(format!("f{i}"));

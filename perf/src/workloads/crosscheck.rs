@@ -70,7 +70,7 @@ fn harness_rand_read(path: &Path, bytes: u64, ops: u64) -> Result<Row, String> {
     let mut rec = Rec::new();
     let t = Instant::now();
     for i in 0..ops {
-        if i % 64 == 0 {
+        if i.is_multiple_of(64) {
             check_closing()?;
         }
         let off = rng.gen_range(0..blocks) * 4096;
@@ -84,7 +84,7 @@ fn harness_creates(dir: &Path, n: u64) -> Result<Row, String> {
     let mut rec = Rec::new();
     let t = Instant::now();
     for i in 0..n {
-        if i % 256 == 0 {
+        if i.is_multiple_of(256) {
             check_closing()?;
         }
         let p = dir.join(format!("f{i}"));

@@ -85,11 +85,11 @@ fn rand_io(
         .map_err(ioe("open", path))?;
     sys::fadvise_random(&f);
     let blocks = (bytes / SMALL as u64).max(1);
-    let mut rng = SmallRng::seed_from_u64(0x5c0f_75 + t as u64);
+    let mut rng = SmallRng::seed_from_u64(0x005c_0f75 + t as u64);
     let mut buf = vec![0u8; SMALL];
     let mut rec = Rec::new();
     for i in 0..ops {
-        if i % 64 == 0 {
+        if i.is_multiple_of(64) {
             check_closing()?;
         }
         let off = rng.gen_range(0..blocks) * SMALL as u64;

@@ -105,7 +105,7 @@ pub fn run(ctx: &Ctx, target: &Target) -> Vec<Row> {
             let mut rec = Rec::new();
             let mut i = t as u64;
             while i < n {
-                if i % 256 == 0 {
+                if i.is_multiple_of(256) {
                     check_closing()?;
                 }
                 let f = file(&base, i);

@@ -64,7 +64,7 @@ pub fn run(ctx: &Ctx, target: &Target) -> Vec<Row> {
             par(threads, |t| {
                 let mut rec = Rec::new();
                 for i in 0..per {
-                    if i % 256 == 0 {
+                    if i.is_multiple_of(256) {
                         check_closing()?;
                     }
                     let p = file(&base, per_dir, t, i);
@@ -86,7 +86,7 @@ pub fn run(ctx: &Ctx, target: &Target) -> Vec<Row> {
             par(threads, |t| {
                 let mut rec = Rec::new();
                 for i in 0..per {
-                    if i % 256 == 0 {
+                    if i.is_multiple_of(256) {
                         check_closing()?;
                     }
                     let p = file(&base, per_dir, t, i);
@@ -130,7 +130,7 @@ pub fn run(ctx: &Ctx, target: &Target) -> Vec<Row> {
             par(threads, |t| {
                 let mut rec = Rec::new();
                 for i in 0..per {
-                    if i % 256 == 0 {
+                    if i.is_multiple_of(256) {
                         check_closing()?;
                     }
                     let p = file(&base, per_dir, t, i);
