@@ -86,6 +86,9 @@ enum Cmd {
         report: PathBuf,
         #[arg(long)]
         markdown: bool,
+        /// Also (re)write the SVG charts into this directory.
+        #[arg(long)]
+        charts: Option<PathBuf>,
     },
     /// Install the Debian packages the baselines need.
     Setup,
@@ -164,7 +167,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Some(Cmd::Compare { a, b }) => compare(&a, &b),
-        Some(Cmd::Show { report, markdown }) => match load(&report) {
+        Some(Cmd::Show {
+            report,
+            markdown,
+            charts,
+        }) => match load(&report) {
+            Ok(r) if charts.is_some() => {
+                let dir = charts.unwrap_or_default();
+                match report::write_svgs(&dir, &r.rows) {
+                    Ok(files) => {
+                        if markdown {
+                            print!("{}", report::markdown(&r));
+                        }
+                        eprintln!("charts: {} ({} files)", dir.display(), files.len());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&format!("{}: {e}", dir.display())),
+                }
+            }
             Ok(r) if markdown => {
                 print!("{}", report::markdown(&r));
                 ExitCode::SUCCESS

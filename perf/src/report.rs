@@ -158,7 +158,7 @@ const COLORS: &[&str] = &[
 /// A horizontal grouped bar chart of one workload: one group per test
 /// (and parameters), one bar per target, bars scaled to the fastest
 /// target of their group (tests have different units) and labelled with
-/// their ops/s and, for ours, the ratio to each baseline.
+/// their ops/s; a baseline's label adds scoutfs's ratio to it.
 pub fn svg(workload: &str, rows: &[Row]) -> String {
     let rows: Vec<&Row> = rows.iter().filter(|r| r.workload == workload).collect();
     let mut groups: Vec<(String, String)> = Vec::new();
@@ -174,10 +174,10 @@ pub fn svg(workload: &str, rows: &[Row]) -> String {
     }
     let bar_h = 14.0;
     let label_w = 300.0;
-    let plot_w = 420.0;
+    let plot_w = 380.0;
     let group_h = bar_h * targets.len() as f64 + 16.0;
     let height = 60.0 + group_h * groups.len() as f64 + 20.0 * targets.len() as f64;
-    let width = label_w + plot_w + 170.0;
+    let width = label_w + plot_w + 330.0;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -213,14 +213,26 @@ pub fn svg(workload: &str, rows: &[Row]) -> String {
             match r.rate() {
                 Some(v) => {
                     let w = if best > 0.0 { plot_w * v / best } else { 0.0 };
+                    // A baseline's bar says how scoutfs compares to it.
+                    let ours: Vec<String> = g
+                        .iter()
+                        .filter(|o| o.ours && !r.ours)
+                        .filter_map(|o| o.rate().map(|x| format!("{} ×{:.2}", o.target, x / v)))
+                        .collect();
+                    let extra = if ours.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", ours.join(", "))
+                    };
                     let _ = writeln!(
                         s,
-                        r#"<rect x="{label_w}" y="{by:.1}" width="{w:.1}" height="{:.1}" fill="{color}"/><text x="{:.1}" y="{:.1}">{} {}</text>"#,
+                        r#"<rect x="{label_w}" y="{by:.1}" width="{w:.1}" height="{:.1}" fill="{color}"/><text x="{:.1}" y="{:.1}">{} {}{}</text>"#,
                         bar_h - 2.0,
                         label_w + w + 4.0,
                         by + bar_h - 4.0,
                         esc(t),
-                        num(v)
+                        num(v),
+                        esc(&extra)
                     );
                 }
                 None => {
