@@ -438,3 +438,81 @@ pub fn markdown(rep: &Report) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(test: &str, target: &str, ours: bool, rate: f64) -> Row {
+        Row {
+            workload: "meta".into(),
+            test: test.into(),
+            target: target.into(),
+            ours,
+            params: "files=10".into(),
+            ops_per_sec: rate,
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn ratios_pair_ours_with_every_baseline_of_the_same_test_only() {
+        let mut skipped = row("stat", "xfs", false, 0.0);
+        skipped.skipped = Some("setup failed".into());
+        let rows = vec![
+            row("create", "scoutfs", true, 50.0),
+            row("create", "ext4", false, 200.0),
+            row("create", "bindfs", false, 25.0),
+            row("stat", "scoutfs", true, 10.0),
+            row("stat", "ext4", false, 5.0),
+            skipped,
+        ];
+        let r = ratios(&rows);
+        let get = |t: &str, b: &str| {
+            r.iter()
+                .find(|x| x.test == t && x.baseline == b)
+                .map(|x| x.ratio)
+        };
+        assert_eq!(get("create", "ext4"), Some(0.25));
+        assert_eq!(get("create", "bindfs"), Some(2.0));
+        assert_eq!(get("stat", "ext4"), Some(2.0));
+        assert_eq!(get("stat", "xfs"), None, "a skipped row has no ratio");
+        assert_eq!(r.len(), 3);
+    }
+
+    #[test]
+    fn compare_reports_the_change_and_rows_only_in_one_run() {
+        let rep = |rows: Vec<Row>| Report {
+            harness_version: "0".into(),
+            profile: "quick".into(),
+            profile_settings: serde_json::Value::Null,
+            machine: BTreeMap::new(),
+            started_unix: 0,
+            wall_secs: 1.0,
+            ratios: ratios(&rows),
+            rows,
+        };
+        let a = rep(vec![
+            row("create", "scoutfs", true, 100.0),
+            row("gone", "ext4", false, 1.0),
+        ]);
+        let b = rep(vec![row("create", "scoutfs", true, 150.0)]);
+        let text = compare(&a, &b);
+        assert!(text.contains("+50.0%"), "{text}");
+        assert!(text.contains("only in A"), "{text}");
+    }
+
+    #[test]
+    fn charts_are_one_svg_per_workload_with_every_target() {
+        let rows = vec![
+            row("create", "scoutfs", true, 50.0),
+            row("create", "ext4", false, 200.0),
+        ];
+        let s = svg("meta", &rows);
+        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+        assert!(
+            s.contains("scoutfs 50.0") && s.contains("ext4 200 (scoutfs ×0.25)"),
+            "{s}"
+        );
+    }
+}
