@@ -30,6 +30,23 @@ pub enum Res {
 
 static REG: Mutex<Vec<Res>> = Mutex::new(Vec::new());
 static CLOSING: AtomicBool = AtomicBool::new(false);
+/// Set once the main thread has stopped touching the mounts.
+static MAIN_IDLE: AtomicBool = AtomicBool::new(false);
+
+/// Marks the run closing without undoing anything yet: workloads see it
+/// and stop.
+pub fn begin_closing() {
+    CLOSING.store(true, Ordering::SeqCst);
+}
+
+/// The main thread calls this when it has stopped for good after an
+/// interrupt; it never returns (the signal thread exits the process).
+pub fn main_idle() -> ! {
+    MAIN_IDLE.store(true, Ordering::SeqCst);
+    loop {
+        std::thread::park();
+    }
+}
 
 /// Whether the run is being torn down (workloads stop early).
 pub fn closing() -> bool {
@@ -138,13 +155,30 @@ pub fn undo_all() {
     }
 }
 
+/// Sweeps until nothing of the run is left (a lazily detached mount lets
+/// go of its loop device only once its last user is gone) or 30 s pass.
 fn sweep() {
     let Some(tag) = TAG.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
         return;
     };
+    let t = tag.to_string_lossy().into_owned();
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        sweep_once(&tag);
+        let left = sys::mount_points().iter().any(|m| m.starts_with(&tag))
+            || !sys::pids_with(&t).is_empty()
+            || !sys::loops_with(&t).is_empty();
+        if !left || std::time::Instant::now() >= end {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn sweep_once(tag: &Path) {
     let mut mounts: Vec<PathBuf> = sys::mount_points()
         .into_iter()
-        .filter(|m| m.starts_with(&tag))
+        .filter(|m| m.starts_with(tag))
         .collect();
     // Deepest first: bindfs-like mounts inside others go before them.
     mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
@@ -187,6 +221,13 @@ pub fn install() {
         let n = unsafe { libc::read(reader, (&mut b as *mut u8).cast(), 1) };
         if n == 1 {
             eprintln!("\nscoutfs-perf: signal {b}: cleaning up (mounts, loop devices, daemons)");
+            // Let the workloads stop first (they check between operations),
+            // so unmounting finds no open files and need not detach lazily.
+            begin_closing();
+            let end = std::time::Instant::now() + Duration::from_secs(15);
+            while !MAIN_IDLE.load(Ordering::SeqCst) && std::time::Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             undo_all();
             eprintln!("scoutfs-perf: cleaned up");
             std::process::exit(128 + i32::from(b));

@@ -515,9 +515,7 @@ fn run(args: RunArgs) -> ExitCode {
     if cleanup::closing() {
         // Interrupted: the signal thread tears down and exits; a report of
         // aborted phases is worth nothing.
-        loop {
-            std::thread::park();
-        }
+        cleanup::main_idle();
     }
     ctx.status("tearing down");
     while let Some(t) = ready.pop() {
