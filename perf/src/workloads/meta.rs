@@ -60,41 +60,31 @@ pub fn run(ctx: &Ctx, target: &Target) -> Vec<Row> {
             bytes: false,
         };
         ctx.status(&format!("{NAME} {variant} create on {}", target.name()));
-        rows.push(measure(target, phase("create"), || {
-            par(threads, |t| {
-                let mut rec = Rec::new();
-                for i in 0..per {
-                    if i.is_multiple_of(256) {
-                        check_closing()?;
+        let each = |what: &'static str, op: &(dyn Fn(&Path) -> std::io::Result<()> + Sync)| {
+            measure(target, phase(what), || {
+                par(threads, |t| {
+                    let mut rec = Rec::new();
+                    for i in 0..per {
+                        if i.is_multiple_of(256) {
+                            check_closing()?;
+                        }
+                        let p = file(&base, per_dir, t, i);
+                        rec.time(0, || op(&p)).map_err(ioe(what, &p))?;
                     }
-                    let p = file(&base, per_dir, t, i);
-                    rec.time(0, || {
-                        fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .mode(0o644)
-                            .open(&p)
-                            .map(drop)
-                    })
-                    .map_err(ioe("create", &p))?;
-                }
-                Ok(rec)
+                    Ok(rec)
+                })
             })
+        };
+        rows.push(each("create", &|p| {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(p)
+                .map(drop)
         }));
         ctx.status(&format!("{NAME} {variant} stat on {}", target.name()));
-        rows.push(measure(target, phase("stat"), || {
-            par(threads, |t| {
-                let mut rec = Rec::new();
-                for i in 0..per {
-                    if i.is_multiple_of(256) {
-                        check_closing()?;
-                    }
-                    let p = file(&base, per_dir, t, i);
-                    rec.time(0, || fs::metadata(&p)).map_err(ioe("stat", &p))?;
-                }
-                Ok(rec)
-            })
-        }));
+        rows.push(each("stat", &|p| fs::metadata(p).map(drop)));
         ctx.status(&format!("{NAME} {variant} readdir on {}", target.name()));
         rows.push(measure(target, phase("readdir"), || {
             par(threads, |t| {
@@ -126,20 +116,7 @@ pub fn run(ctx: &Ctx, target: &Target) -> Vec<Row> {
             })
         }));
         ctx.status(&format!("{NAME} {variant} unlink on {}", target.name()));
-        rows.push(measure(target, phase("unlink"), || {
-            par(threads, |t| {
-                let mut rec = Rec::new();
-                for i in 0..per {
-                    if i.is_multiple_of(256) {
-                        check_closing()?;
-                    }
-                    let p = file(&base, per_dir, t, i);
-                    rec.time(0, || fs::remove_file(&p))
-                        .map_err(ioe("unlink", &p))?;
-                }
-                Ok(rec)
-            })
-        }));
+        rows.push(each("unlink", &|p| fs::remove_file(p)));
         let _ = fs::remove_dir_all(&base);
         target.sync(ctx);
     }
