@@ -44,3 +44,17 @@ fi
 if ! command -v fsx >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/fsx" ]; then
   cargo install --locked fsx@0.3.2
 fi
+
+# The perf harness's baselines (perf/, docs/performance.md): xfs on a loop
+# device and bindfs, a FUSE passthrough. scoutfs-perf installs them itself
+# too; here so CI's smoke run finds them.
+need=()
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+command -v bindfs >/dev/null || need+=(bindfs)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get -o DPkg::Lock::Timeout=600 update -q
+  $sudo apt-get -o DPkg::Lock::Timeout=600 install -y -q "${need[@]}"
+fi
