@@ -32,6 +32,7 @@ if [ "$long" = 1 ]; then
   export SCOUTFS_KILL_ROUNDS=${SCOUTFS_KILL_ROUNDS:-100}
   export SCOUTFS_FSX_OPS=${SCOUTFS_FSX_OPS:-100000}
   export SCOUTFS_FIO_SIZE=${SCOUTFS_FIO_SIZE:-1024}
+  export SCOUTFS_CLUSTER_STEPS=${SCOUTFS_CLUSTER_STEPS:-3000}
 fi
 
 echo "== cargo fmt --check"
