@@ -467,10 +467,14 @@ impl BlockingPool {
                         match self.rx.try_recv() {
                             Ok(job) => job,
                             Err(_) => {
-                                // Nothing queued, so nothing was promised
-                                // to this thread: it still counts as idle.
-                                assert!(state.idle > 0, "an idle pool thread is counted");
-                                state.idle -= 1;
+                                // Nothing queued. Its idle count may be
+                                // gone: a submit promised this thread a job
+                                // that a thread finishing another one took
+                                // first from the queue. Idle counts are
+                                // interchangeable, and an idle thread still
+                                // blocked in recv takes any job whether or
+                                // not it was counted, so none starves.
+                                state.idle = state.idle.saturating_sub(1);
                                 state.threads -= 1;
                                 return;
                             }
