@@ -267,8 +267,9 @@ pub(crate) async fn read_super(meta: &Arc<dyn BlockDevice>) -> Result<SuperBlock
 }
 
 impl Mount {
-    /// Mounts the volume: reads the super for its fsid and format version.
-    /// The first transaction opens (`GET_LOG_TREES`) at the first hold.
+    /// Mounts the volume: reads the super for its fsid and format version,
+    /// joins with `GET_LOG_TREES` and commits that empty transaction: the
+    /// next one opens at the first hold.
     pub async fn open(
         meta: Arc<dyn BlockDevice>,
         data: Arc<dyn BlockDevice>,
@@ -316,6 +317,12 @@ impl Mount {
             rt,
         });
         inner.publish(&lt);
+        // Join now, where a mount waits for the server anyway (a new rid's
+        // first GET_LOG_TREES may wait for the server to finish with an
+        // earlier mount of this host), then close the empty transaction
+        // at once so an idle mount holds no seq open.
+        inner.reopen().await?;
+        inner.commit_as(CommitKind::Always).await?;
         let timer = inner.opts.commit_interval.map(|interval| {
             let weak = Arc::downgrade(&inner);
             inner
