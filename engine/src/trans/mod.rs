@@ -930,7 +930,15 @@ impl Transactions for Mount {
     }
 
     fn sync(&self) -> ItemFuture<'_, ()> {
-        Box::pin(async move { self.inner.commit().await })
+        // An explicit sync also opens the next transaction at once, as
+        // the reference's commit does: its GET_LOG_TREES is where the
+        // server finalizes the tree just committed for a log merge. Only
+        // commits nobody asked for (timer, lock invalidation, pressure)
+        // leave the mount closed, so idle mounts hold no seq open.
+        Box::pin(async move {
+            self.inner.commit().await?;
+            self.inner.reopen().await
+        })
     }
 
     fn trans_seq(&self) -> u64 {
