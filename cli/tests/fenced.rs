@@ -99,10 +99,11 @@ impl Daemon {
         let (tx, rx) = mpsc::channel();
         let out = child.stdout.take().unwrap();
         std::thread::spawn(move || {
+            // Drain to the end even once nobody listens: a closed pipe
+            // would fail the child's own last words (libtest's summary)
+            // with EPIPE and make a clean exit look like a failure.
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         let deadline = Instant::now() + WAIT;
