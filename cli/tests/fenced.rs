@@ -17,6 +17,8 @@
 // A test drives real processes and mounts with real time and threads.
 #![allow(clippy::disallowed_methods)]
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -26,27 +28,9 @@ use std::time::{Duration, Instant};
 
 use drivers::{BlockDevice, FileDevice, OpenOptions};
 use engine::mkfs::{format_volume, MkfsOptions};
+use support::{skip, IMAGE_BYTES, SCOUTFS};
 
-const SCOUTFS: &str = env!("CARGO_BIN_EXE_scoutfs");
-const IMAGE_BYTES: u64 = 16 << 30;
 const WAIT: Duration = Duration::from_secs(120);
-
-fn skip(test: &str) -> bool {
-    // SAFETY: geteuid cannot fail and touches no memory.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED {test}: not root: mounting needs CAP_SYS_ADMIN");
-        return true;
-    }
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-    {
-        eprintln!("SKIPPED {test}: cannot open /dev/fuse: {e}");
-        return true;
-    }
-    false
-}
 
 fn free_port() -> u16 {
     loop {
@@ -58,7 +42,10 @@ fn free_port() -> u16 {
     }
 }
 
-/// Run by the parent as a child process: one daemon with slot 0.
+/// Run by the parent as a child process: one daemon with slot 0. Ignored
+/// so a normal run skips it: it is not a test of its own but the daemon
+/// the fence test must be able to SIGKILL, which only a separate process
+/// allows (it returns at once without the FENCE_TEST_* variables).
 #[test]
 #[ignore = "a daemon the fence test starts as a child"]
 fn daemon_child() {
