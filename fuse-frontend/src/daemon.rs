@@ -492,6 +492,9 @@ async fn bring_up(
     })
 }
 
+/// How long a farewell may take before the daemon says what it waits for.
+const FAREWELL_NOTICE: Duration = Duration::from_secs(5);
+
 /// Commits what is open and says farewell (the open transaction would be
 /// lost with the mount otherwise).
 async fn shut_down(node: Node) -> Result<(), ServeError> {
@@ -508,10 +511,23 @@ async fn shut_down(node: Node) -> Result<(), ServeError> {
     fs.fsync().await.map_err(engine_err("final commit"))?;
     drop(fs);
     drop(mount);
-    conn.link
-        .call(Cmd::Farewell, Vec::new())
-        .await
-        .map_err(engine_err("farewell"))?;
+    // The server lets a quorum member go only while enough members stay
+    // for the mounts still there (reference §5.4): say so if it takes a
+    // while. Dropping the handle cancels the notice.
+    let notice = {
+        let rt2 = rt.clone();
+        rt.spawn(async move {
+            rt2.sleep(FAREWELL_NOTICE).await;
+            eprintln!(
+                "scoutfsd: waiting for the server to accept the farewell: a quorum member \
+                 leaves once enough quorum members remain for the other mounts, or when \
+                 every remaining mount is a quorum member unmounting"
+            );
+        })
+    };
+    let res = conn.link.call(Cmd::Farewell, Vec::new()).await;
+    drop(notice);
+    res.map_err(engine_err("farewell"))?;
     drop(conn.server.take());
     if let Some(node) = conn.node.take() {
         // The agent writes STOP and END through the engine: wait for its

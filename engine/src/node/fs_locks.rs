@@ -9,6 +9,9 @@
 //!   frontend's [`KernelInvalidate`] (if one is set) revokes what the
 //!   kernel caches of the range; only then does the lock client answer.
 //!
+//! * SYNC_LOG_TREES from the server starts a commit of the mount's open
+//!   transaction so a waiting log merge can begin (§2.4).
+//!
 //! Touches [`super::locks`], `trans` (the mount) and `fs::locking`.
 
 use std::future::Future;
@@ -70,9 +73,12 @@ impl CachedSlot {
     }
 }
 
-/// Answers the server's requests to this mount (OPEN_INO_MAP).
+/// Answers the server's requests to this mount (OPEN_INO_MAP,
+/// SYNC_LOG_TREES).
 struct Answers {
     cached: CachedSlot,
+    rt: Runtime,
+    mount: Weak<Mount>,
 }
 
 impl ServerRequests for Answers {
@@ -80,6 +86,18 @@ impl ServerRequests for Answers {
         let res = match cmd {
             Cmd::OpenInoMap => open_map::decode_args(&data)
                 .map(|(group, id)| open_map::encode_map(group, id, &self.cached.bits(group))),
+            Cmd::SyncLogTrees => {
+                // The commit runs on its own: the server's request must not
+                // wait for it (the commit itself calls the server).
+                if let Some(m) = self.mount.upgrade() {
+                    self.rt
+                        .spawn(async move {
+                            let _ = m.close_transaction().await;
+                        })
+                        .detach();
+                }
+                Ok(Vec::new())
+            }
             _ => Err(libc::EINVAL),
         };
         Box::pin(async move { res })
@@ -127,6 +145,8 @@ impl ClusterFsLocks {
         let cached = CachedSlot::default();
         link.set_handler(Arc::new(Answers {
             cached: cached.clone(),
+            rt: rt.clone(),
+            mount: weak.clone(),
         }));
         ClusterFsLocks {
             locks: NetLocks::new(rt, link.clone(), cfg, hook),

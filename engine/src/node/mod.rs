@@ -7,6 +7,7 @@
 //! * [`client`]: the mount's [`crate::link::ServerLink`] over the network,
 //!   reconnecting and resending.
 //! * [`serve`]: the server answering mounts.
+//! * [`farewell`]: which unmounting quorum members the server lets go.
 //! * [`quorum`]: the election agent's thread (UDP and quorum blocks).
 //! * [`fence`]: the local fence action (a flock per rid).
 //! * [`fence_requests`]: fence requests as a sans-IO state machine.
@@ -17,6 +18,7 @@
 //!   and its mount's link.
 
 pub mod client;
+pub mod farewell;
 pub mod fence;
 pub mod fence_requests;
 pub mod fencer;

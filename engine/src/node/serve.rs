@@ -27,6 +27,7 @@ use futures::StreamExt;
 use zerocopy::IntoBytes;
 
 use super::client::write_loop;
+use super::farewell;
 use super::open_map;
 use super::transport::{Listener, StreamReader, Transport};
 use super::wire_reply;
@@ -63,6 +64,10 @@ struct State {
     writers: BTreeMap<SockId, mpsc::UnboundedSender<Vec<u8>>>,
     next_sock: u64,
     stats: ServeStats,
+    /// Farewells the lock server released, waiting for the quorum rule
+    /// ([`farewell::may_leave`]), and whether a task is deciding them.
+    leaving: BTreeMap<u64, ReqRef>,
+    deciding_farewells: bool,
     /// OPEN_INO_MAP queries waiting for other mounts' answers.
     omap: open_map::Queries<ReqRef>,
     /// Each open socket's peer, and each greeted rid's last one (the
@@ -113,6 +118,8 @@ impl NetServer {
             st: Mutex::new(State {
                 net: ServerNet::new(term),
                 farewells: BTreeMap::new(),
+                leaving: BTreeMap::new(),
+                deciding_farewells: false,
                 writers: BTreeMap::new(),
                 next_sock: 1,
                 stats: ServeStats::default(),
@@ -267,6 +274,10 @@ impl Shared {
                         self.omap_answer(st, rid, errno, &data);
                         continue;
                     }
+                    if cmd == Cmd::SyncLogTrees {
+                        // "Commit soon" needs no answer beyond its arrival.
+                        continue;
+                    }
                     // Answers to our invalidation and recovery requests.
                     let ev = match (cmd, errno) {
                         (Cmd::Lock, 0) => decode_lock(&data)
@@ -374,11 +385,61 @@ impl Shared {
         self.rt
             .spawn(async move {
                 let res = me.server.handle(rid, cmd, &data).await;
-                let (errno, payload) = wire_reply(res);
-                let mut out = Vec::new();
-                let mut st = me.lock();
-                st.net.respond(rid, req, errno, payload, &mut out);
-                me.apply(&mut st, out);
+                me.answer(rid, req, res);
+            })
+            .detach();
+    }
+
+    /// Answers a handled request, and asks the mounts whose open
+    /// transactions hold a log merge back to commit.
+    fn answer(self: &Arc<Self>, rid: u64, req: ReqRef, res: crate::link::CallResult) {
+        let (errno, payload) = wire_reply(res);
+        let mut out = Vec::new();
+        let mut st = self.lock();
+        st.net.respond(rid, req, errno, payload, &mut out);
+        for o in self.server.take_sync_requests() {
+            // A mount without connection state commits on its own timer,
+            // or is reclaimed.
+            let _ = st.net.request(o, Cmd::SyncLogTrees, Vec::new(), &mut out);
+        }
+        self.apply(&mut st, out);
+    }
+
+    /// Answers the farewells [`farewell::may_leave`] allows, one decision
+    /// at a time (two members deciding at once could both leave a quorum
+    /// short), again after each departure until none more may go.
+    fn decide_farewells(self: &Arc<Self>, st: &mut State) {
+        if st.deciding_farewells || st.leaving.is_empty() {
+            return;
+        }
+        st.deciding_farewells = true;
+        let me = self.clone();
+        self.rt
+            .spawn(async move {
+                loop {
+                    let mounted = me.server.mounted_clients().await;
+                    let go = {
+                        let mut st = me.lock();
+                        let asking = st.leaving.keys().copied().collect();
+                        let go = match &mounted {
+                            Ok((m, votes)) => farewell::may_leave(m, &asking, *votes),
+                            // The server stopped: nothing more commits, and
+                            // the farewells fail with its errno.
+                            Err(_) => asking.into_iter().collect(),
+                        };
+                        if go.is_empty() {
+                            st.deciding_farewells = false;
+                            return;
+                        }
+                        go.into_iter()
+                            .filter_map(|rid| st.leaving.remove(&rid).map(|r| (rid, r)))
+                            .collect::<Vec<_>>()
+                    };
+                    for (rid, req) in go {
+                        let res = me.server.handle(rid, Cmd::Farewell, &[]).await;
+                        me.answer(rid, req, res);
+                    }
+                }
             })
             .detach();
     }
@@ -409,7 +470,8 @@ impl Shared {
                 ServerAction::FarewellReady { rid } => {
                     self.omap_gone(st, rid);
                     if let Some(req) = st.farewells.remove(&rid) {
-                        self.run_handler(rid, req, Cmd::Farewell, Vec::new());
+                        st.leaving.insert(rid, req);
+                        self.decide_farewells(st);
                     }
                 }
                 ServerAction::BadMessage { rid, .. } => {

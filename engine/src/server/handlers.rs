@@ -269,21 +269,57 @@ impl Server {
                 .await
         };
         res.map_err(errno)?;
-        // With this tree finalized the last active one may be gone.
-        self.maybe_start_merge(st).await?;
+        // With this tree finalized the others must follow before a merge.
+        self.finalize_waiting(st).await?;
         reply(lt.as_bytes().to_vec(), true)
+    }
+
+    /// Coordinated finalization (§2.3-§2.4): while a finalized tree waits
+    /// for a merge and none runs, every other tree holding items must be
+    /// finalized too, since a merge may not start while an active tree
+    /// could hold older versions of its keys (trap 9). A committed tree
+    /// whose mount has not opened its next transaction is finalized here at
+    /// once: the mount owns nothing of it until its next GET_LOG_TREES,
+    /// which then starts a fresh tree (mounts open transactions lazily, so
+    /// an idle mount would otherwise hold merges back for as long as it
+    /// stays idle). The mounts with an open transaction are asked to commit
+    /// (SYNC_LOG_TREES, [`Server::take_sync_requests`]); their trees are
+    /// finalized here when that commit arrives. Then the merge starts if
+    /// nothing active remains.
+    async fn finalize_waiting(&self, st: &mut State) -> std::result::Result<(), i32> {
+        if !self.opts.finalize
+            || merge::server::merge_status(&self.btree, &st.sb)
+                .await
+                .map_err(errno)?
+                .is_some()
+        {
+            return Ok(());
+        }
+        let lts = all_log_trees(&self.btree, &st.sb).await.map_err(errno)?;
+        if !lts.iter().any(is_finalized) {
+            return Ok(());
+        }
+        let mut sync = Vec::new();
+        for mut lt in lts {
+            if is_finalized(&lt) || lt.item_root.is_empty() {
+                continue;
+            }
+            if is_open(&lt) {
+                sync.push(lt.rid.get());
+            } else {
+                self.finalize_tree(st, &mut lt).await?;
+            }
+        }
+        self.want_sync(sync);
+        self.maybe_start_merge(st).await
     }
 
     /// Whether GET_LOG_TREES finalizes the rid's committed tree `lt` (§2.4):
     /// it holds items and either qualifies (taller than
     /// `finalize_height`, or its meta_avail is LOW), or some tree is
     /// finalized and no merge runs yet — a merge waits for every active
-    /// tree (trap 9), so each mount finalizes at its next GET_LOG_TREES.
-    ///
-    /// That last rule stands in for the original's SYNC_LOG_TREES to the
-    /// other mounts and its bounded wait: there is no server → mount
-    /// channel yet, so a mount that never opens another transaction holds
-    /// the merge back until it does (or leaves: FAREWELL finalizes).
+    /// tree (trap 9); [`Server::finalize_waiting`] then deals with the
+    /// other mounts' trees.
     async fn should_finalize(
         &self,
         sb: &SuperBlock,
@@ -486,6 +522,9 @@ impl Server {
             .update(&mut sb.logs_root, alloc, &key, lt.as_bytes())
             .await
             .map_err(errno)?;
+        // The answer to a SYNC_LOG_TREES, or a tree that holds a merge
+        // back for as long as its mount stays idle.
+        self.finalize_waiting(st).await?;
         reply(Vec::new(), true)
     }
 
@@ -588,7 +627,7 @@ impl Server {
                     .await
                     .map_err(errno)?;
             }
-            self.maybe_start_merge(st).await?;
+            self.finalize_waiting(st).await?;
             commit = true;
         }
         let State { sb, alloc, .. } = st;

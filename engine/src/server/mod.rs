@@ -50,11 +50,14 @@
 //!   never a panic or a wedged commit; freed blocks come back through the
 //!   freed lists and trees.
 //!
-//! Not yet here: SYNC_LOG_TREES (no server → mount channel: a mount whose
-//! tree holds a merge back finalizes it at its own next GET_LOG_TREES),
-//! reclaiming rids that vanished without a farewell, srch rotation, lock
-//! recovery and the batching of several handlers into one commit (each
-//! handler commits on its own).
+//! * Coordinated finalization (§2.3): while a finalized tree waits for a
+//!   merge, committed trees of idle mounts are finalized by the server
+//!   itself and mounts with an open transaction are asked to commit
+//!   ([`Server::take_sync_requests`] → SYNC_LOG_TREES); their trees are
+//!   finalized when that commit arrives.
+//!
+//! Not yet here: srch rotation and the batching of several handlers into
+//! one commit (each handler commits on its own).
 //!
 //! Touches `block` (its own cache over the meta device), `btree`, `alloc`,
 //! `merge` (its server half), `format`, `runtime` (spawning handlers, seqs)
@@ -164,6 +167,8 @@ pub struct Server {
     /// before the GREETING call): a first contact records it in the
     /// mounted_client item, for the fence requests of a later server.
     greeting_addrs: Mutex<std::collections::BTreeMap<u64, crate::format::superblock::InetAddr>>,
+    /// Mounts to send SYNC_LOG_TREES (see [`Server::take_sync_requests`]).
+    sync_wanted: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -309,6 +314,7 @@ impl Server {
             stable: Mutex::new(sb),
             stopped: AtomicI32::new(0),
             greeting_addrs: Mutex::new(std::collections::BTreeMap::new()),
+            sync_wanted: Mutex::new(std::collections::BTreeSet::new()),
         }))
     }
 
@@ -475,6 +481,28 @@ impl Server {
         Ok(items.iter().map(|it| it.key.first).collect())
     }
 
+    /// The mounts recorded in the last super written, each with whether
+    /// it is a quorum member, and the votes an election needs (for the
+    /// farewell rule of §5.4).
+    pub async fn mounted_clients(
+        &self,
+    ) -> std::result::Result<(Vec<crate::node::farewell::Mounted>, usize), i32> {
+        let sb = self.stable_super();
+        let items = zone_items(&self.btree, &sb.mounted_clients, zone::MOUNTED_CLIENT)
+            .await
+            .map_err(|e| e.errno())?;
+        let mut out = Vec::with_capacity(items.len());
+        for it in &items {
+            let mc = crate::format::items::MountedClient::read_from_bytes(&it.val)
+                .map_err(|_| libc::EIO)?;
+            out.push(crate::node::farewell::Mounted {
+                rid: it.key.first,
+                quorum: mc.flags & crate::format::items::MOUNTED_CLIENT_FLAG_QUORUM != 0,
+            });
+        }
+        Ok((out, crate::quorum::votes_needed(&sb.qconf)))
+    }
+
     /// Notes the address `rid`'s next GREETING comes from.
     pub fn note_greeting_addr(&self, rid: u64, addr: std::net::SocketAddrV4) {
         let a = crate::format::superblock::InetAddr::v4(*addr.ip(), addr.port());
@@ -482,6 +510,24 @@ impl Server {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(rid, a);
+    }
+
+    /// Mounts whose open transaction holds a log merge back: the network
+    /// side sends each a SYNC_LOG_TREES ("commit soon", §2.4). Asking
+    /// twice is harmless: a commit of nothing changed sends nothing.
+    pub fn take_sync_requests(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.sync_wanted.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .collect()
+    }
+
+    fn want_sync(&self, rids: Vec<u64>) {
+        if !rids.is_empty() {
+            self.sync_wanted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(rids);
+        }
     }
 
     pub(crate) fn take_greeting_addr(

@@ -419,6 +419,13 @@ impl Mount {
     pub async fn commit(&self) -> Result<(), i32> {
         self.inner.commit().await
     }
+
+    /// Commits and closes the open transaction even when nothing changed
+    /// (the server's SYNC_LOG_TREES): the server finalizes a tree only
+    /// while no transaction is open in it. A closed mount has nothing to do.
+    pub async fn close_transaction(&self) -> Result<(), i32> {
+        self.inner.commit_as(CommitKind::Always).await
+    }
 }
 
 impl Drop for Mount {

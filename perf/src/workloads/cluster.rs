@@ -216,9 +216,15 @@ pub fn run(ctx: &Ctx, target: &Target) -> Vec<Row> {
             let all = Target::group(&vol);
             let roots: Vec<PathBuf> = vol.iter().map(|t| t.root.clone()).collect();
             let rows = work(ctx, &all, &roots);
-            for t in vol {
-                t.teardown();
-            }
+            // All at once: a quorum member's unmount waits while leaving
+            // would leave fewer members than an election needs for the
+            // mounts still there (reference §5.4), so one by one the
+            // second to last would wait for the last forever.
+            std::thread::scope(|s| {
+                for t in vol {
+                    s.spawn(move || t.teardown());
+                }
+            });
             rows
         }
     }
