@@ -119,27 +119,55 @@ impl Notifier {
     /// Revokes the kernel's view of `range` now that the lock keeps only
     /// `kept`. Blocking only in the sense of a system call per inode.
     pub fn invalidate(&self, range: LockRange, kept: LockMode) {
-        if kept.can_read() || range.start.zone != zone::FS {
-            return;
+        let plan = {
+            let lookups = self.lookups.lock().unwrap_or_else(|p| p.into_inner());
+            revocations(range, kept, &lookups)
+        };
+        for r in plan {
+            match r {
+                Revocation::InvalInode(ino) => self.inval_inode(ino),
+                Revocation::IncEpoch => self.inc_epoch(),
+            }
         }
-        let first = range.start.first;
-        let last = first | (LOCK_INODE_GROUP_NR - 1);
-        let mut inos: Vec<u64> = self
-            .lookups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .range(first..=last)
-            .filter(|(_, n)| **n > 0)
-            .map(|(i, _)| *i)
-            .collect();
-        if (first..=last).contains(&ROOT_INO) && !inos.contains(&ROOT_INO) {
-            inos.insert(0, ROOT_INO);
-        }
-        for ino in inos {
-            self.inval_inode(ino);
-        }
-        self.inc_epoch();
     }
+}
+
+/// One notification written before an invalidation is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// `NOTIFY_INVAL_INODE(ino, offset -1)`: attributes and ACLs only.
+    InvalInode(u64),
+    /// `NOTIFY_INC_EPOCH`: every dentry must be looked up again.
+    IncEpoch,
+}
+
+/// What [`Notifier::invalidate`] writes, in order, when a lock on `range`
+/// keeps only `kept`, given the kernel lookup counts: nothing unless an
+/// inode group goes to a non-reading mode; then every inode of the group
+/// with a lookup (and the root, which the kernel never looks up), and one
+/// epoch. Each is non-blocking in the kernel; the kernel model in
+/// `tests/kernel_sim.rs` replays this same plan.
+pub fn revocations(
+    range: LockRange,
+    kept: LockMode,
+    lookups: &BTreeMap<u64, u64>,
+) -> Vec<Revocation> {
+    if kept.can_read() || range.start.zone != zone::FS {
+        return Vec::new();
+    }
+    let first = range.start.first;
+    let last = first | (LOCK_INODE_GROUP_NR - 1);
+    let mut inos: Vec<u64> = lookups
+        .range(first..=last)
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, _)| *i)
+        .collect();
+    if (first..=last).contains(&ROOT_INO) && !inos.contains(&ROOT_INO) {
+        inos.insert(0, ROOT_INO);
+    }
+    let mut plan: Vec<Revocation> = inos.into_iter().map(Revocation::InvalInode).collect();
+    plan.push(Revocation::IncEpoch);
+    plan
 }
 
 /// Sends notifications on a mount's /dev/fuse connection.
