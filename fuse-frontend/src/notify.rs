@@ -170,6 +170,31 @@ pub fn revocations(
     plan
 }
 
+/// How long the kernel may cache the attributes of an entry reply (LOOKUP,
+/// READDIRPLUS) for an inode with `lookups_before` kernel lookups before
+/// this reply: 0 for an inode the kernel does not hold yet.
+///
+/// Why (found by the kernel model, `tests/kernel_sim.rs` seed 1602): an
+/// entry reply instantiates a new inode only when its requester runs,
+/// after the reply is written. An invalidation in between finds no inode
+/// (`NOTIFY_INVAL_INODE` answers ENOENT and bumps nothing), and a new
+/// inode starts at attr_version 0, so it takes the reply's attributes
+/// even though another mount has changed them since: fstat on the file
+/// just opened would show the old size for the whole timeout. Dentries
+/// need no such care (their epoch is sampled before the request), nor do
+/// inodes the kernel already holds (the notification bumps their
+/// attr_version and the kernel drops the late reply's attributes).
+pub fn entry_attr_timeout(
+    lookups_before: u64,
+    timeout: std::time::Duration,
+) -> std::time::Duration {
+    if lookups_before == 0 {
+        std::time::Duration::ZERO
+    } else {
+        timeout
+    }
+}
+
 /// Sends notifications on a mount's /dev/fuse connection.
 #[derive(Debug, Clone)]
 pub struct KernelNotify {

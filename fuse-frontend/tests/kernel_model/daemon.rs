@@ -16,7 +16,7 @@ use engine::lock::{
     LockRange, ServerAction, ServerEvent, UserId,
 };
 use engine::node::fs_locks::{invalidate_steps, InvalidateStep};
-use fuse_frontend::notify::{revocations, Revocation};
+use fuse_frontend::notify::{entry_attr_timeout, revocations, Revocation};
 
 use super::kernel::{self, Attr};
 use super::wait::{oneshot, Tid, Tx};
@@ -58,6 +58,7 @@ pub enum Rep {
         ent_ver: u64,
         attr: Attr,
         timeout: Duration,
+        attr_timeout: Duration,
         /// What a CREATE changed (empty for LOOKUP).
         muts: Vec<(Obj, u64)>,
     },
@@ -313,9 +314,12 @@ fn bump_dir(w: &mut World, m: usize, muts: &mut Vec<(Obj, u64)>) {
     muts.push((Obj::Dir, v));
 }
 
-/// The frontend's `count_lookup`: every entry reply is one lookup.
-fn count_lookup(w: &mut World, m: usize, ino: u64) {
-    *w.mounts[m].d.lookups.entry(ino).or_insert(0) += 1;
+/// The frontend's `count_lookup`: every entry reply is one lookup;
+/// returns the count before.
+fn count_lookup(w: &mut World, m: usize, ino: u64) -> u64 {
+    let n = w.mounts[m].d.lookups.entry(ino).or_insert(0);
+    *n += 1;
+    *n - 1
 }
 
 /// The frontend's `forget`.
@@ -360,12 +364,17 @@ pub async fn serve(w: &W, m: usize, t: Tid, req: Req) -> Rep {
             let (rt, gap) = with(w, |w| (w.rt.clone(), w.gap()));
             rt.sleep(gap).await;
             return with(w, |w| {
-                count_lookup(w, m, ino);
+                let before = count_lookup(w, m, ino);
                 Rep::Entry {
                     ino,
                     ent_ver,
                     attr,
                     timeout,
+                    attr_timeout: if w.var.first_lookup_attrs {
+                        timeout
+                    } else {
+                        entry_attr_timeout(before, timeout)
+                    },
                     muts: Vec::new(),
                 }
             });
@@ -433,6 +442,7 @@ pub async fn serve(w: &W, m: usize, t: Tid, req: Req) -> Rep {
                     ent_ver: muts[1].1,
                     attr: Attr { ver: fv, size: 0 },
                     timeout: Duration::ZERO,
+                    attr_timeout: Duration::ZERO,
                     muts,
                 }
             })
@@ -605,8 +615,10 @@ async fn invalidation(w: W, m: usize, t: Tid, range: LockRange, old: LockMode, n
         client_event(w, m, ClientEvent::InvalidateDone { start: range.start });
     });
     if !after.is_empty() {
-        // The notifier thread: after the answer, holding nothing.
-        let n = with(&w, |w| w.id());
+        // The notifier thread: after the answer, holding nothing, when it
+        // gets to it.
+        let (n, gap) = with(&w, |w| (w.id(), w.gap()));
+        rt.sleep(gap).await;
         for b in after {
             kernel::notify_blocking(&w, m, n, b).await;
         }

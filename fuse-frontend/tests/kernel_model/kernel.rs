@@ -137,6 +137,19 @@ impl Kernel {
         }
     }
 
+    /// What the kernel does to an inode after its own WRITE, SETATTR or
+    /// UNLINK returns (`fuse_write_update_attr`, `fuse_entry_unlinked`):
+    /// a new attr_version, so a GETATTR or LOOKUP reply sent before it is
+    /// not cached, and the attributes expired.
+    fn changed(&mut self, ino: u64) {
+        self.attr_ctr += 1;
+        let ctr = self.attr_ctr;
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            i.attr_version = ctr;
+            i.attr = None;
+        }
+    }
+
     /// `NOTIFY_INC_EPOCH`: never blocks.
     pub fn inc_epoch(&mut self) {
         self.notifications += 1;
@@ -302,10 +315,11 @@ async fn walk(
                 ent_ver,
                 attr,
                 timeout,
+                attr_timeout,
                 ..
             } => {
                 let k = &mut w.mounts[m].k;
-                k.iget(ino, attr, now + timeout, av);
+                k.iget(ino, attr, now + attr_timeout, av);
                 k.inodes.get_mut(&ino).expect("instantiated").refs += 1;
                 k.dents.insert(
                     name.into(),
@@ -422,11 +436,10 @@ async fn write(w: &W, m: usize, t: Tid, ino: u64, op: WOp) {
     }
     let rep = request(w, m, t, Req::Write(ino, op)).await;
     with(w, |w| {
-        let i = w.mounts[m].k.inodes.get_mut(&ino).expect("pinned");
-        // Size and times changed: the kernel drops its attributes (and
-        // its copy of the page).
-        i.attr = None;
-        i.page = None;
+        let k = &mut w.mounts[m].k;
+        k.changed(ino);
+        // Our own write: the kernel's copy of the page goes too.
+        k.inodes.get_mut(&ino).expect("pinned").page = None;
         match rep {
             Rep::Done { muts } => w.complete(&muts),
             other => w.fail(format!("m{m} task {t} write: reply {other:?}")),
@@ -462,14 +475,10 @@ fn shrink(w: &mut World, m: usize) {
     for (ino, n) in evict {
         w.mounts[m].k.inodes.remove(&ino);
         w.log(format!("m{m} evicts {ino}, FORGET {n}"));
-        let ww = w.w();
-        let rt = w.rt.clone();
-        let delay = Duration::from_micros(w.rng.below(200));
-        w.rt.spawn(async move {
-            rt.sleep(delay).await;
-            with(&ww, |w| daemon::forget(w, m, ino, n));
-        })
-        .detach();
+        // The kernel hands queued FORGETs to the daemon before the
+        // requests queued after them (fuse_dev_do_read), and forgetting
+        // is a table update: it lands before any later LOOKUP is counted.
+        daemon::forget(w, m, ino, n);
     }
 }
 
@@ -549,10 +558,11 @@ pub async fn process(w: W, m: usize, p: usize) {
                             ent_ver,
                             attr,
                             timeout,
+                            attr_timeout,
                             muts,
                         } => {
                             let k = &mut w.mounts[m].k;
-                            k.iget(ino, attr, now + timeout, av);
+                            k.iget(ino, attr, now + attr_timeout, av);
                             k.dents.insert(
                                 name.into(),
                                 Dentry {
@@ -583,9 +593,7 @@ pub async fn process(w: W, m: usize, p: usize) {
                     let rep = request(&w, m, t, Req::Unlink(name.into())).await;
                     with(&w, |w| {
                         w.mounts[m].k.dents.remove(name);
-                        if let Some(i) = w.mounts[m].k.inodes.get_mut(&ino) {
-                            i.attr = None;
-                        }
+                        w.mounts[m].k.changed(ino);
                         unpin(w, m, ino);
                         done(w, m, t, rep);
                     });

@@ -66,11 +66,15 @@ pub struct Variant {
     /// Buffered I/O through the kernel page cache (READ holds the folio
     /// lock) instead of FOPEN_DIRECT_IO.
     pub page_cache: bool,
+    /// Entry replies cache the attributes of inodes the kernel does not
+    /// hold yet (the frontend before `notify::entry_attr_timeout`).
+    pub first_lookup_attrs: bool,
 }
 
 pub const PRODUCTION: Variant = Variant {
     notify: Notify::Production,
     page_cache: false,
+    first_lookup_attrs: false,
 };
 
 /// What one seed draws.
