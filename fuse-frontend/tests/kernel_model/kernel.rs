@@ -101,15 +101,14 @@ impl Kernel {
 
     /// `fuse_change_attributes`.
     fn change_attributes(&mut self, ino: u64, a: Attr, until: Duration, sampled: u64) {
-        self.attr_ctr += 1;
-        let ctr = self.attr_ctr;
         let Some(i) = self.inodes.get_mut(&ino) else {
             return;
         };
         if sampled != 0 && i.attr_version > sampled {
             return;
         }
-        i.attr_version = ctr;
+        self.attr_ctr += 1;
+        i.attr_version = self.attr_ctr;
         i.attr = Some((a, until));
     }
 
