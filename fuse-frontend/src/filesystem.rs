@@ -13,7 +13,8 @@
 //!   with ENODEV, see docs/fuse.md). No KEEP_CACHE or CACHE_DIR.
 //! * LOOKUP and GETATTR replies carry [`FuseOptions::attr_timeout`]
 //!   (LOOKUP and READDIRPLUS attributes 0 for an inode the kernel has no
-//!   lookup on yet, see `notify::entry_attr_timeout`);
+//!   lookup on yet, see `notify::entry_attr_timeout`; READDIRPLUS entries
+//!   0, see `notify::readdirplus_entry_timeout`);
 //!   CREATE, MKNOD, MKDIR, SYMLINK, LINK and SETATTR replies carry 0.
 //! * A write on an O_APPEND file lands at the engine's end of file, not at
 //!   the kernel's offset.
@@ -54,7 +55,7 @@ use zerocopy::FromBytes;
 
 use crate::attr::{entry_of, setattr_of, stat_of};
 use crate::bridge::{errno, Bridge};
-use crate::notify::{entry_attr_timeout, LookupTable};
+use crate::notify::{entry_attr_timeout, readdirplus_entry_timeout, LookupTable};
 
 /// FUSE write flag: the writer lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID).
 const WRITE_KILL_SUIDGID: u32 = 4;
@@ -694,6 +695,7 @@ impl FileSystem for ScoutFuse {
                             self.lookup_count(a.ino),
                             self.opts.attr_timeout,
                         ),
+                        entry_timeout: readdirplus_entry_timeout(self.opts.attr_timeout),
                         ..entry_of(a, self.opts.attr_timeout)
                     },
                     None => Entry {

@@ -195,6 +195,21 @@ pub fn entry_attr_timeout(
     }
 }
 
+/// The entry timeout of READDIRPLUS entries given the LOOKUP one: 0.
+///
+/// Why (found by the kernel model, `tests/kernel_sim.rs` seed 35): the
+/// kernel links READDIRPLUS entries when it parses the reply
+/// (`fuse_direntplus_link`) and stamps their dentries with the connection
+/// epoch read *then*, not when the request was sent as LOOKUP does. A
+/// lock invalidation between our listing and that parse bumps the epoch
+/// first, so the late dentry outlives it: a name renamed or unlinked on
+/// another mount kept resolving here for the whole timeout. With timeout 0
+/// each such dentry is revalidated by a LOOKUP on its next use; the
+/// entries still carry attributes (and count as lookups).
+pub fn readdirplus_entry_timeout(_timeout: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::ZERO
+}
+
 /// Sends notifications on a mount's /dev/fuse connection.
 #[derive(Debug, Clone)]
 pub struct KernelNotify {

@@ -16,7 +16,9 @@ use engine::lock::{
     LockRange, ServerAction, ServerEvent, UserId,
 };
 use engine::node::fs_locks::{invalidate_steps, InvalidateStep};
-use fuse_frontend::notify::{entry_attr_timeout, revocations, Revocation};
+use fuse_frontend::notify::{
+    entry_attr_timeout, readdirplus_entry_timeout, revocations, Revocation,
+};
 
 use super::kernel::{self, Attr};
 use super::wait::{oneshot, Tid, Tx};
@@ -42,6 +44,7 @@ pub enum Req {
     Unlink(String),
     Rename(String, String),
     Readdir,
+    Readdirplus,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +87,21 @@ pub enum Rep {
         ver: u64,
         names: Vec<String>,
     },
+    /// READDIRPLUS: the listing, each entry with its attributes.
+    ListPlus {
+        ver: u64,
+        ents: Vec<PlusEnt>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct PlusEnt {
+    pub name: String,
+    pub ino: u64,
+    pub ent_ver: u64,
+    pub attr: Attr,
+    pub timeout: Duration,
+    pub attr_timeout: Duration,
 }
 
 /// The volume: the root directory with "a" and "b", two empty files in
@@ -498,6 +516,60 @@ pub async fn serve(w: &W, m: usize, t: Tid, req: Req) -> Rep {
                 return Rep::Done { muts: done };
             }
         },
+        Req::Readdirplus => {
+            // filesystem.rs readdir_attrs: the listing under the
+            // directory's lock, then a getattr per entry.
+            let h = lock(w, m, t, &[ROOT], LockMode::Read).await;
+            let (ver, list) = with(w, |w| {
+                let g = &group(w, m, ROOT, false).0;
+                let list: Vec<(String, u64, u64)> = g
+                    .ents
+                    .iter()
+                    .filter_map(|(n, e)| e.1.map(|i| (n.clone(), i, e.0)))
+                    .collect();
+                let ver = g.dir_ver;
+                unlock(w, m, t, h);
+                (ver, list)
+            });
+            let mut attrs = Vec::new();
+            for (_, ino, _) in &list {
+                let h = lock(w, m, t, &[*ino], LockMode::Read).await;
+                attrs.push(with(w, |w| {
+                    let a = attr(w, m, *ino);
+                    unlock(w, m, t, h);
+                    a
+                }));
+            }
+            let (rt, gap) = with(w, |w| (w.rt.clone(), w.gap()));
+            rt.sleep(gap).await;
+            with(w, |w| {
+                let first = w.var.first_lookup_attrs;
+                let ents = list
+                    .into_iter()
+                    .zip(attrs)
+                    .map(|((name, ino, ent_ver), attr)| {
+                        let before = count_lookup(w, m, ino);
+                        PlusEnt {
+                            name,
+                            ino,
+                            ent_ver,
+                            attr,
+                            timeout: if w.var.readdirplus_entries {
+                                timeout
+                            } else {
+                                readdirplus_entry_timeout(timeout)
+                            },
+                            attr_timeout: if first {
+                                timeout
+                            } else {
+                                entry_attr_timeout(before, timeout)
+                            },
+                        }
+                    })
+                    .collect();
+                Rep::ListPlus { ver, ents }
+            })
+        }
         Req::Readdir => {
             let h = lock(w, m, t, &[ROOT], LockMode::Read).await;
             with(w, |w| {

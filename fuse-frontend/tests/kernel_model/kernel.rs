@@ -492,7 +492,7 @@ pub async fn process(w: W, m: usize, p: usize) {
             if w.rng.pct(w.cfg.shrink_pct) {
                 shrink(w, m);
             }
-            let op = w.rng.below(13);
+            let op = w.rng.below(if w.var.readdirplus { 14 } else { 13 });
             let name = NAMES[w.rng.below(4) as usize];
             let mut name2 = NAMES[w.rng.below(4) as usize];
             if name2 == name {
@@ -616,6 +616,42 @@ pub async fn process(w: W, m: usize, p: usize) {
                     });
                 }
                 with(&w, |w| give(w, m, t, ROOT, false));
+            }
+            (13, _) => {
+                // ls -l: READDIRPLUS under the directory's i_rwsem shared.
+                // Each entry is linked when the reply is parsed
+                // (fuse_direntplus_link): the epoch is read then, after
+                // the reply, while attr_version was sampled at the send.
+                take(&w, m, t, ROOT, false, false, "readdirplus").await;
+                let av = with(&w, |w| w.mounts[m].k.attr_ctr);
+                let rep = request(&w, m, t, Req::Readdirplus).await;
+                with(&w, |w| {
+                    let who = format!("m{m} task {t} readdirplus");
+                    match rep {
+                        Rep::ListPlus { ver, ents } => {
+                            let now = w.rt.now();
+                            let names = ents.iter().map(|e| e.name.clone()).collect();
+                            for e in ents {
+                                let k = &mut w.mounts[m].k;
+                                let epoch = k.epoch;
+                                // Found or new, every entry is a lookup.
+                                k.iget(e.ino, e.attr, now + e.attr_timeout, av);
+                                k.dents.insert(
+                                    e.name,
+                                    Dentry {
+                                        ino: e.ino,
+                                        epoch,
+                                        until: now + e.timeout,
+                                        ver: e.ent_ver,
+                                    },
+                                );
+                            }
+                            w.observe(&who, &floor, Obj::Dir, ver, Seen::List(names));
+                        }
+                        other => w.fail(format!("{who}: reply {other:?}")),
+                    }
+                    give(w, m, t, ROOT, false);
+                });
             }
             (12, _) => {
                 // readdir(root): i_rwsem shared across READDIR.

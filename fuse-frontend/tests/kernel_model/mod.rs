@@ -69,12 +69,19 @@ pub struct Variant {
     /// Entry replies cache the attributes of inodes the kernel does not
     /// hold yet (the frontend before `notify::entry_attr_timeout`).
     pub first_lookup_attrs: bool,
+    /// READDIRPLUS entries carry the LOOKUP entry timeout (the frontend
+    /// before `notify::readdirplus_entry_timeout`).
+    pub readdirplus_entries: bool,
+    /// The workload lists with READDIRPLUS (`ls -l`) too.
+    pub readdirplus: bool,
 }
 
 pub const PRODUCTION: Variant = Variant {
     notify: Notify::Production,
     page_cache: false,
     first_lookup_attrs: false,
+    readdirplus_entries: false,
+    readdirplus: true,
 };
 
 /// What one seed draws.
