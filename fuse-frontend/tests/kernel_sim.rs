@@ -1,9 +1,9 @@
 //! The lock-invalidation protocol against a model of the kernel's FUSE
 //! side (TESTING.md §9 "SimKernel", ARCHITECTURE §2.6), over many seeds of
 //! multi-mount workloads: read, write, append, truncate, create, unlink,
-//! rename, readdir, stat and fstat racing each other's invalidations,
-//! through the real lock client and server state machines and the real
-//! invalidation order (`engine::node::fs_locks::invalidate_steps`,
+//! rename, readdir, `ls -l` (READDIRPLUS), stat and fstat racing each
+//! other's invalidations, through the real lock client and server state
+//! machines and the real invalidation order (`engine::node::fs_locks::invalidate_steps`,
 //! `fuse_frontend::notify::revocations`).
 //!
 //! Per seed: no deadlock (every system call returns; a wait-for cycle or a

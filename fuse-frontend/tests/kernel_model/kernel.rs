@@ -20,6 +20,9 @@
 //!   exclusive, all while the request is in the daemon.
 //!   `NOTIFY_INVAL_ENTRY` takes the parent's exclusively
 //!   (`fuse_reverse_inval_entry`).
+//! * READDIRPLUS links each entry when the reply is parsed and stamps its
+//!   dentry with the epoch read then (`fuse_direntplus_link`), though its
+//!   attr_version was sampled at the send.
 //! * Page cache (page-cache mode only): a READ of a missing page holds the
 //!   folio lock while the request is in the daemon; `NOTIFY_INVAL_INODE`
 //!   with offset >= 0 takes each folio lock to drop the page
