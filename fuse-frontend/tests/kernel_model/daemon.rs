@@ -352,18 +352,24 @@ pub fn forget(w: &mut World, m: usize, ino: u64, n: u64) {
     }
 }
 
+/// Reads the entry `name` under the directory's lock alone (the first
+/// step of an operation that learns an inode number from it).
+async fn read_ent(w: &W, m: usize, t: Tid, name: &str) -> (u64, Option<u64>) {
+    let h = lock(w, m, t, &[ROOT], LockMode::Read).await;
+    with(w, |w| {
+        let e = ent(w, m, name);
+        unlock(w, m, t, h);
+        e
+    })
+}
+
 /// Serves one request as the frontend and `engine::fs` do: locks first,
 /// items under them, the reply after they are given back.
 pub async fn serve(w: &W, m: usize, t: Tid, req: Req) -> Rep {
     let timeout = with(w, |w| w.cfg.attr_timeout);
     match req {
         Req::Lookup(name) => loop {
-            let h = lock(w, m, t, &[ROOT], LockMode::Read).await;
-            let (ev, e) = with(w, |w| {
-                let e = ent(w, m, &name);
-                unlock(w, m, t, h);
-                e
-            });
+            let (ev, e) = read_ent(w, m, t, &name).await;
             let Some(ino) = e else {
                 return Rep::NoEnt { ent_ver: ev };
             };
@@ -466,12 +472,7 @@ pub async fn serve(w: &W, m: usize, t: Tid, req: Req) -> Rep {
             })
         }
         Req::Unlink(name) => loop {
-            let h = lock(w, m, t, &[ROOT], LockMode::Read).await;
-            let (ev, e) = with(w, |w| {
-                let e = ent(w, m, &name);
-                unlock(w, m, t, h);
-                e
-            });
+            let (ev, e) = read_ent(w, m, t, &name).await;
             let Some(ino) = e else {
                 return Rep::NoEnt { ent_ver: ev };
             };

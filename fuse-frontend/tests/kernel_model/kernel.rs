@@ -126,6 +126,19 @@ impl Kernel {
         self.change_attributes(ino, a, until, sampled);
     }
 
+    /// Points the dentry of `name` at `ino`, stamped with `epoch`.
+    fn link(&mut self, name: &str, ino: u64, ver: u64, epoch: u64, until: Duration) {
+        self.dents.insert(
+            name.into(),
+            Dentry {
+                ino,
+                epoch,
+                until,
+                ver,
+            },
+        );
+    }
+
     /// `NOTIFY_INVAL_INODE(ino, -1)`: never blocks.
     pub fn inval_inode_attr(&mut self, ino: u64) {
         self.notifications += 1;
@@ -321,17 +334,9 @@ async fn walk(
                 ..
             } => {
                 let k = &mut w.mounts[m].k;
+                k.link(name, ino, ent_ver, epoch, now + timeout);
                 k.iget(ino, attr, now + attr_timeout, av);
                 k.inodes.get_mut(&ino).expect("instantiated").refs += 1;
-                k.dents.insert(
-                    name.into(),
-                    Dentry {
-                        ino,
-                        epoch,
-                        until: now + timeout,
-                        ver: ent_ver,
-                    },
-                );
                 w.observe(
                     &who,
                     floor,
@@ -565,15 +570,7 @@ pub async fn process(w: W, m: usize, p: usize) {
                         } => {
                             let k = &mut w.mounts[m].k;
                             k.iget(ino, attr, now + attr_timeout, av);
-                            k.dents.insert(
-                                name.into(),
-                                Dentry {
-                                    ino,
-                                    epoch,
-                                    until: now + timeout,
-                                    ver: ent_ver,
-                                },
-                            );
+                            k.link(name, ino, ent_ver, epoch, now + timeout);
                             w.complete(&muts);
                         }
                         Rep::Exists { ent_ver, ino } => w.observe(
@@ -639,15 +636,7 @@ pub async fn process(w: W, m: usize, p: usize) {
                                 let epoch = k.epoch;
                                 // Found or new, every entry is a lookup.
                                 k.iget(e.ino, e.attr, now + e.attr_timeout, av);
-                                k.dents.insert(
-                                    e.name,
-                                    Dentry {
-                                        ino: e.ino,
-                                        epoch,
-                                        until: now + e.timeout,
-                                        ver: e.ent_ver,
-                                    },
-                                );
+                                k.link(&e.name, e.ino, e.ent_ver, epoch, now + e.timeout);
                             }
                             w.observe(&who, &floor, Obj::Dir, ver, Seen::List(names));
                         }
