@@ -237,3 +237,38 @@ fn readdirplus_dentries_raced_by_an_invalidation_are_stale() {
         }
     }
 }
+
+#[test]
+fn the_checker_sees_lost_updates_and_unrevoked_kernel_caches() {
+    // The other two checks must be able to fail too: an invalidation that
+    // drops dirty items without writing them back loses updates, one that
+    // revokes nothing in the kernel leaves stale attributes and dentries.
+    let lossy = Variant {
+        drop_dirty: true,
+        ..PRODUCTION
+    };
+    let (n, first) = failing(
+        lossy,
+        100,
+        |f| matches!(f, Failure::Check(s) if s.contains("lost update")),
+    );
+    println!(
+        "{n} of 100 seeds lost updates; first:\n{}",
+        first.unwrap_or_default()
+    );
+    assert!(n > 0, "the checker never saw a lost update");
+    let blind = Variant {
+        no_revocation: true,
+        ..PRODUCTION
+    };
+    let (n, first) = failing(
+        blind,
+        100,
+        |f| matches!(f, Failure::Check(s) if s.contains("stale read")),
+    );
+    println!(
+        "{n} of 100 seeds read stale kernel caches; first:\n{}",
+        first.unwrap_or_default()
+    );
+    assert!(n > 0, "the checker never saw a stale kernel cache");
+}

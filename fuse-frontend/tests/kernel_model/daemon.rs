@@ -303,10 +303,22 @@ fn ent(w: &mut World, m: usize, name: &str) -> (u64, Option<u64>) {
         .unwrap_or((0, None))
 }
 
+/// The inode's items; a missing inode was lost (an update never written
+/// back), reported rather than panicking.
+fn file(w: &mut World, m: usize, ino: u64) -> (u64, Vec<u64>) {
+    match group(w, m, ino, false).0.files.get(&ino) {
+        Some(f) => f.clone(),
+        None => {
+            w.fail(format!("lost update: m{m} finds no inode {ino}"));
+            (0, Vec::new())
+        }
+    }
+}
+
 fn attr(w: &mut World, m: usize, ino: u64) -> Attr {
-    let (ver, data) = &group(w, m, ino, false).0.files[&ino];
+    let (ver, data) = file(w, m, ino);
     Attr {
-        ver: *ver,
+        ver,
         size: data.len() as u64,
     }
 }
@@ -414,7 +426,7 @@ pub async fn serve(w: &W, m: usize, t: Tid, req: Req) -> Rep {
         Req::Read(ino) => {
             let h = lock(w, m, t, &[ino], LockMode::Read).await;
             with(w, |w| {
-                let (ver, data) = group(w, m, ino, false).0.files[&ino].clone();
+                let (ver, data) = file(w, m, ino);
                 unlock(w, m, t, h);
                 Rep::Data { ver, data }
             })
@@ -422,7 +434,7 @@ pub async fn serve(w: &W, m: usize, t: Tid, req: Req) -> Rep {
         Req::Write(ino, op) => {
             let h = lock(w, m, t, &[ino], LockMode::Write).await;
             with(w, |w| {
-                let (base, mut data) = group(w, m, ino, false).0.files[&ino].clone();
+                let (base, mut data) = file(w, m, ino);
                 match op {
                     WOp::Put(v) => data = vec![v],
                     WOp::Append(v) => data.push(v),
@@ -636,7 +648,13 @@ async fn invalidation(w: W, m: usize, t: Tid, range: LockRange, old: LockMode, n
                     let d = &mut w.mounts[m].d;
                     if let Some((grp, dirty)) = d.cache.get_mut(&g) {
                         if *dirty {
-                            if write_back {
+                            if var.drop_dirty {
+                                // Broken on purpose: nothing written back.
+                                *dirty = false;
+                                if !keep {
+                                    w.mounts[m].d.cache.remove(&g);
+                                }
+                            } else if write_back {
                                 let grp = grp.clone();
                                 *dirty = false;
                                 w.disk.insert(g, grp);
@@ -654,7 +672,11 @@ async fn invalidation(w: W, m: usize, t: Tid, range: LockRange, old: LockMode, n
                 // The blocking pool: runs a little later.
                 rt.yield_now().await;
                 let (plan, blocking) = with(&w, |w| {
-                    let plan = revocations(range, kept, &w.mounts[m].d.lookups);
+                    let plan = if var.no_revocation {
+                        Vec::new()
+                    } else {
+                        revocations(range, kept, &w.mounts[m].d.lookups)
+                    };
                     let blocking = if kept.can_read() || var.notify == Notify::Production {
                         Vec::new()
                     } else {

@@ -74,6 +74,10 @@ pub struct Variant {
     pub readdirplus_entries: bool,
     /// The workload lists with READDIRPLUS (`ls -l`) too.
     pub readdirplus: bool,
+    /// Broken on purpose: an invalidation drops dirty items unwritten.
+    pub drop_dirty: bool,
+    /// Broken on purpose: an invalidation revokes nothing in the kernel.
+    pub no_revocation: bool,
 }
 
 pub const PRODUCTION: Variant = Variant {
@@ -82,6 +86,8 @@ pub const PRODUCTION: Variant = Variant {
     first_lookup_attrs: false,
     readdirplus_entries: false,
     readdirplus: true,
+    drop_dirty: false,
+    no_revocation: false,
 };
 
 /// What one seed draws.
