@@ -11,7 +11,10 @@
 //!   engine (fuse-backend-rs 0.14 cannot negotiate
 //!   `FUSE_DIRECT_IO_ALLOW_MMAP`: shared writable mmap of a file fails
 //!   with ENODEV, see docs/fuse.md). No KEEP_CACHE or CACHE_DIR.
-//! * LOOKUP and GETATTR replies carry [`FuseOptions::attr_timeout`];
+//! * LOOKUP and GETATTR replies carry [`FuseOptions::attr_timeout`]
+//!   (LOOKUP and READDIRPLUS attributes 0 for an inode the kernel has no
+//!   lookup on yet, see `notify::entry_attr_timeout`; READDIRPLUS entries
+//!   0, see `notify::readdirplus_entry_timeout`);
 //!   CREATE, MKNOD, MKDIR, SYMLINK, LINK and SETATTR replies carry 0.
 //! * A write on an O_APPEND file lands at the engine's end of file, not at
 //!   the kernel's offset.
@@ -52,7 +55,7 @@ use zerocopy::FromBytes;
 
 use crate::attr::{entry_of, setattr_of, stat_of};
 use crate::bridge::{errno, Bridge};
-use crate::notify::LookupTable;
+use crate::notify::{entry_attr_timeout, readdirplus_entry_timeout, LookupTable};
 
 /// FUSE write flag: the writer lacks CAP_FSETID (FUSE_WRITE_KILL_SUIDGID).
 const WRITE_KILL_SUIDGID: u32 = 4;
@@ -160,20 +163,26 @@ impl ScoutFuse {
         self.lookups.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts one kernel lookup of `ino` (every entry reply is one).
-    fn count_lookup(&self, ino: u64) {
+    /// Counts one kernel lookup of `ino` (every entry reply is one);
+    /// returns the count before.
+    fn count_lookup(&self, ino: u64) -> u64 {
         let mut l = self.lookups();
         let n = l.entry(ino).or_insert(0);
         if *n == 0 {
             self.fs.grab(ino);
         }
         *n += 1;
+        *n - 1
     }
 
-    /// An entry reply, counted as a lookup.
+    /// An entry reply, counted as a lookup. Attributes of an inode the
+    /// kernel may not hold yet are not cached ([`entry_attr_timeout`]).
     fn entry(&self, a: engine::fs::Attr, timeout: Duration) -> Entry {
-        self.count_lookup(a.ino);
-        entry_of(&a, timeout)
+        let before = self.count_lookup(a.ino);
+        Entry {
+            attr_timeout: entry_attr_timeout(before, timeout),
+            ..entry_of(&a, timeout)
+        }
     }
 
     fn handle(&self) -> u64 {
@@ -681,7 +690,14 @@ impl FileSystem for ScoutFuse {
                 // Node id 0: no attributes for this entry ("." and "..",
                 // or an entry removed since); the kernel counts no lookup.
                 let entry = match attr {
-                    Some(a) => entry_of(a, self.opts.attr_timeout),
+                    Some(a) => Entry {
+                        attr_timeout: entry_attr_timeout(
+                            self.lookup_count(a.ino),
+                            self.opts.attr_timeout,
+                        ),
+                        entry_timeout: readdirplus_entry_timeout(self.opts.attr_timeout),
+                        ..entry_of(a, self.opts.attr_timeout)
+                    },
                     None => Entry {
                         inode: 0,
                         ..entry_of(&engine::fs::Attr::default(), Duration::ZERO)

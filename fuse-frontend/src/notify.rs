@@ -119,27 +119,95 @@ impl Notifier {
     /// Revokes the kernel's view of `range` now that the lock keeps only
     /// `kept`. Blocking only in the sense of a system call per inode.
     pub fn invalidate(&self, range: LockRange, kept: LockMode) {
-        if kept.can_read() || range.start.zone != zone::FS {
-            return;
+        let plan = {
+            let lookups = self.lookups.lock().unwrap_or_else(|p| p.into_inner());
+            revocations(range, kept, &lookups)
+        };
+        for r in plan {
+            match r {
+                Revocation::InvalInode(ino) => self.inval_inode(ino),
+                Revocation::IncEpoch => self.inc_epoch(),
+            }
         }
-        let first = range.start.first;
-        let last = first | (LOCK_INODE_GROUP_NR - 1);
-        let mut inos: Vec<u64> = self
-            .lookups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .range(first..=last)
-            .filter(|(_, n)| **n > 0)
-            .map(|(i, _)| *i)
-            .collect();
-        if (first..=last).contains(&ROOT_INO) && !inos.contains(&ROOT_INO) {
-            inos.insert(0, ROOT_INO);
-        }
-        for ino in inos {
-            self.inval_inode(ino);
-        }
-        self.inc_epoch();
     }
+}
+
+/// One notification written before an invalidation is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// `NOTIFY_INVAL_INODE(ino, offset -1)`: attributes and ACLs only.
+    InvalInode(u64),
+    /// `NOTIFY_INC_EPOCH`: every dentry must be looked up again.
+    IncEpoch,
+}
+
+/// What [`Notifier::invalidate`] writes, in order, when a lock on `range`
+/// keeps only `kept`, given the kernel lookup counts: nothing unless an
+/// inode group goes to a non-reading mode; then every inode of the group
+/// with a lookup (and the root, which the kernel never looks up), and one
+/// epoch. Each is non-blocking in the kernel; the kernel model in
+/// `tests/kernel_sim.rs` replays this same plan.
+pub fn revocations(
+    range: LockRange,
+    kept: LockMode,
+    lookups: &BTreeMap<u64, u64>,
+) -> Vec<Revocation> {
+    if kept.can_read() || range.start.zone != zone::FS {
+        return Vec::new();
+    }
+    let first = range.start.first;
+    let last = first | (LOCK_INODE_GROUP_NR - 1);
+    let mut inos: Vec<u64> = lookups
+        .range(first..=last)
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, _)| *i)
+        .collect();
+    if (first..=last).contains(&ROOT_INO) && !inos.contains(&ROOT_INO) {
+        inos.insert(0, ROOT_INO);
+    }
+    let mut plan: Vec<Revocation> = inos.into_iter().map(Revocation::InvalInode).collect();
+    plan.push(Revocation::IncEpoch);
+    plan
+}
+
+/// How long the kernel may cache the attributes of an entry reply (LOOKUP,
+/// READDIRPLUS) for an inode with `lookups_before` kernel lookups before
+/// this reply: 0 for an inode the kernel does not hold yet.
+///
+/// Why (found by the kernel model, `tests/kernel_sim.rs` seed 1602): an
+/// entry reply instantiates a new inode only when its requester runs,
+/// after the reply is written. An invalidation in between finds no inode
+/// (`NOTIFY_INVAL_INODE` answers ENOENT and bumps nothing), and a new
+/// inode starts at attr_version 0, so it takes the reply's attributes
+/// even though another mount has changed them since: fstat on the file
+/// just opened would show the old size for the whole timeout. Dentries
+/// need no such care (their epoch is sampled before the request), nor do
+/// inodes the kernel already holds (the notification bumps their
+/// attr_version and the kernel drops the late reply's attributes).
+pub fn entry_attr_timeout(
+    lookups_before: u64,
+    timeout: std::time::Duration,
+) -> std::time::Duration {
+    if lookups_before == 0 {
+        std::time::Duration::ZERO
+    } else {
+        timeout
+    }
+}
+
+/// The entry timeout of READDIRPLUS entries given the LOOKUP one: 0.
+///
+/// Why (found by the kernel model, `tests/kernel_sim.rs` seed 35): the
+/// kernel links READDIRPLUS entries when it parses the reply
+/// (`fuse_direntplus_link`) and stamps their dentries with the connection
+/// epoch read *then*, not when the request was sent as LOOKUP does. A
+/// lock invalidation between our listing and that parse bumps the epoch
+/// first, so the late dentry outlives it: a name renamed or unlinked on
+/// another mount kept resolving here for the whole timeout. With timeout 0
+/// each such dentry is revalidated by a LOOKUP on its next use; the
+/// entries still carry attributes (and count as lookups).
+pub fn readdirplus_entry_timeout(_timeout: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::ZERO
 }
 
 /// Sends notifications on a mount's /dev/fuse connection.

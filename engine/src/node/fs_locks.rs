@@ -34,6 +34,34 @@ use crate::trans::Mount;
 pub type KernelInvalidate =
     Arc<dyn Fn(LockRange, LockMode) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// One step of what this mount does before it answers an invalidation
+/// of a lock from `old` to `new`; [`invalidate_steps`] gives their order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidateStep {
+    /// [`Mount::invalidate_lock`]: commit what was written under the lock
+    /// if it could write (`write_back`), and drop the cached items of the
+    /// range unless the lock still reads (`keep`).
+    Mount { write_back: bool, keep: bool },
+    /// The frontend's [`KernelInvalidate`] with the mode the lock keeps.
+    Kernel { kept: LockMode },
+}
+
+/// The order of an invalidation's work, all before the answer goes out:
+/// the items first (so nothing the kernel rereads after its revocation
+/// can come from a cache about to be dropped), then the kernel. The
+/// kernel side must never wait for anything a request parked in the
+/// daemon holds (ARCHITECTURE §2.6); the kernel model in
+/// `fuse-frontend/tests/kernel_sim.rs` drives this same order.
+pub fn invalidate_steps(old: LockMode, new: LockMode) -> [InvalidateStep; 2] {
+    [
+        InvalidateStep::Mount {
+            write_back: old.can_write(),
+            keep: new.can_read(),
+        },
+        InvalidateStep::Kernel { kept: new },
+    ]
+}
+
 /// Where the frontend's [`KernelInvalidate`] is set once it exists (the
 /// kernel connection comes after the mount).
 #[derive(Clone, Default)]
@@ -129,16 +157,25 @@ impl ClusterFsLocks {
             let mount = hook_mount.clone();
             let kernel = kernel.clone();
             Box::pin(async move {
-                if let Some(m) = mount.upgrade() {
-                    // A failed commit leaves the mount refusing every
-                    // hold (EIO); answering the invalidation is then no
-                    // worse than hanging the other mounts.
-                    let _ = m
-                        .invalidate_lock(&range.start, &range.end, old.can_write(), new.can_read())
-                        .await;
-                }
-                if let Some(k) = kernel.get() {
-                    k(range, new).await;
+                for step in invalidate_steps(old, new) {
+                    match step {
+                        InvalidateStep::Mount { write_back, keep } => {
+                            if let Some(m) = mount.upgrade() {
+                                // A failed commit leaves the mount refusing
+                                // every hold (EIO); answering the
+                                // invalidation is then no worse than
+                                // hanging the other mounts.
+                                let _ = m
+                                    .invalidate_lock(&range.start, &range.end, write_back, keep)
+                                    .await;
+                            }
+                        }
+                        InvalidateStep::Kernel { kept } => {
+                            if let Some(k) = kernel.get() {
+                                k(range, kept).await;
+                            }
+                        }
+                    }
                 }
             })
         });
