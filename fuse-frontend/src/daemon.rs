@@ -704,6 +704,12 @@ fn serve_mounted(
                             fs.wake_group_data_waiters(range.start.first);
                         }
                     }
+                    if range == engine::lock::quota_lock() && !kept.can_read() {
+                        // A rule is changing on another mount (§9).
+                        if let Some(fs) = wfs.upgrade() {
+                            fs.invalidate_quota_rules();
+                        }
+                    }
                     Box::pin(async move {
                         rt.spawn_blocking(move || n.invalidate(range, kept)).await;
                     })

@@ -464,6 +464,7 @@ impl Fs {
         let last = (end - 1) >> BLOCK_SHIFT;
         let mut b = offset >> BLOCK_SHIFT;
         loop {
+            self.quota_rules_locked().await?;
             let now = self.now();
             let hold = self.hold(true).await?;
             let mut bt = Batch::new(self);
@@ -530,6 +531,7 @@ impl Fs {
     ) -> FsResult<()> {
         let now = self.now();
         let end = offset + data.len() as u64;
+        self.quota_rules_locked().await?;
         let hold = self.hold(true).await?;
         let mut bt = Batch::new(self);
         bt.load(ino).await?;

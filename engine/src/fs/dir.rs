@@ -342,6 +342,7 @@ impl Fs {
         check_new_name(name)?;
         let ino = self.alloc_ino().await?;
         let _locks = self.lock(&[parent, ino], LockMode::Write).await?;
+        self.quota_rules_locked().await?;
         let now = self.now();
         let hold = self.hold(true).await?;
         let mut b = Batch::new(self);

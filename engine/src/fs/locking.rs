@@ -41,6 +41,14 @@ pub trait FsLocks: Send + Sync {
     fn cached_elsewhere(&self, _ino: u64) -> ItemFuture<'_, bool> {
         Box::pin(async { Ok(false) })
     }
+
+    /// Whether every mount of the volume takes these locks, so a mount's
+    /// caches may be trusted until their lock is invalidated (the quota
+    /// ruleset). Unshared locks (tests mounting one volume several times
+    /// with [`LocalLocks`]) fall back to timed validity.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// A volume used by one mount only (the embedded server): every lock is

@@ -43,6 +43,7 @@ use crate::format::items::{
 };
 use crate::format::key::{zone, Key, QUOTA_RULE_TYPE};
 use crate::format::FORMAT_VERSION_V2;
+use crate::lock::{quota_lock, LockMode};
 use crate::weak::{StableItems, Total};
 
 /// How long a mount trusts its ruleset and the totals it checked.
@@ -97,8 +98,20 @@ impl TagCounters {
 pub(crate) struct QuotaState {
     stable: Option<Arc<dyn StableItems>>,
     validity: Option<Duration>,
-    rules: Option<(Vec<QuotaRule>, Time)>,
+    rules: Option<(Vec<QuotaRule>, RulesValid)>,
     totals: BTreeMap<[u64; 3], (Total, Time)>,
+    /// Bumped by every invalidation: a ruleset read across one is not
+    /// kept as lock-backed.
+    generation: u64,
+}
+
+/// How long a cached ruleset is trusted.
+#[derive(Debug, Clone, Copy)]
+enum RulesValid {
+    /// Read under the shared quota lock: until its invalidation.
+    Lock,
+    /// Read without it: for the validity period from this time.
+    Since(Time),
 }
 
 /// Whether a rule value is well formed.
@@ -220,6 +233,33 @@ impl Fs {
         let mut q = self.quota();
         q.rules = None;
         q.totals.clear();
+        q.generation += 1;
+    }
+
+    /// Makes sure the ruleset is cached under the quota lock (§9: a rule
+    /// change takes the lock WRITE, so every mount's READ is invalidated
+    /// and its ruleset read again). Operations that may check a quota call
+    /// this after their inode locks and before their transaction hold, as
+    /// the global lock order wants; with cluster locks a mount then reads
+    /// the rules once per rule change rather than once per validity period.
+    pub(crate) async fn quota_rules_locked(&self) -> FsResult<()> {
+        let (stable, generation) = {
+            let q = self.quota();
+            match (&q.stable, &q.rules) {
+                (None, _) | (_, Some((_, RulesValid::Lock))) => return Ok(()),
+                (Some(s), _) => (s.clone(), q.generation),
+            }
+        };
+        if !self.locks.shared() {
+            return Ok(());
+        }
+        let _read = self.locks.lock(quota_lock(), LockMode::Read).await?;
+        let rules = self.read_rules(&*stable).await?;
+        let mut q = self.quota();
+        if q.generation == generation {
+            q.rules = Some((rules, RulesValid::Lock));
+        }
+        Ok(())
     }
 
     fn quota(&self) -> std::sync::MutexGuard<'_, QuotaState> {
@@ -257,6 +297,8 @@ impl Fs {
         // Our own uncommitted rule changes must be seen by the read.
         self.trans.sync().await?;
         let _op = self.op_lock.lock().await;
+        // Every mount's READ goes, and with it their cached rulesets.
+        let _quota = self.locks.lock(quota_lock(), LockMode::Write).await?;
         let existing = rules_at(&*stable, hash).await?;
         let mut nr = 0;
         for (k, r) in &existing {
@@ -272,6 +314,7 @@ impl Fs {
             .create_force(quota_rule_key(hash, nr), rule.as_bytes().to_vec())
             .await?;
         drop(hold);
+        drop(_quota);
         drop(_op);
         // Committed at once, so every mount sees the change.
         self.trans.sync().await?;
@@ -286,6 +329,8 @@ impl Fs {
         // Our own uncommitted rule changes must be seen by the read.
         self.trans.sync().await?;
         let _op = self.op_lock.lock().await;
+        // Every mount's READ goes, and with it their cached rulesets.
+        let _quota = self.locks.lock(quota_lock(), LockMode::Write).await?;
         let existing = rules_at(&*stable, hash).await?;
         let mut found = None;
         for (k, r) in &existing {
@@ -297,6 +342,7 @@ impl Fs {
         let hold = self.hold(false).await?;
         self.items.delete_force(key).await?;
         drop(hold);
+        drop(_quota);
         drop(_op);
         // Committed at once, so every mount sees the change.
         self.trans.sync().await?;
@@ -309,12 +355,15 @@ impl Fs {
         let stable = self.stable()?;
         self.trans.sync().await?;
         let _op = self.op_lock.lock().await;
+        // Every mount's READ goes, and with it their cached rulesets.
+        let _quota = self.locks.lock(quota_lock(), LockMode::Write).await?;
         let all = rule_items(&*stable).await?;
         let hold = self.hold(false).await?;
         for (k, _) in &all {
             self.items.delete_force(*k).await?;
         }
         drop(hold);
+        drop(_quota);
         drop(_op);
         // Committed at once, so every mount sees the change.
         self.trans.sync().await?;
@@ -322,26 +371,35 @@ impl Fs {
         Ok(all.len())
     }
 
-    /// The ruleset, read again when older than the validity period.
+    /// The ruleset: cached under the quota lock, or read again when older
+    /// than the validity period.
     async fn ruleset(&self, stable: &dyn StableItems) -> FsResult<Vec<QuotaRule>> {
         let cached = self.quota().rules.clone();
-        if let Some((rules, at)) = cached {
-            if self.fresh(at) {
-                return Ok(rules);
-            }
+        match cached {
+            Some((rules, RulesValid::Lock)) => return Ok(rules),
+            Some((rules, RulesValid::Since(at))) if self.fresh(at) => return Ok(rules),
+            _ => {}
         }
         let now = self.now();
+        let generation = self.quota().generation;
+        let rules = self.read_rules(stable).await?;
+        let mut q = self.quota();
+        if q.generation == generation {
+            q.rules = Some((rules.clone(), RulesValid::Since(now)));
+        }
+        Ok(rules)
+    }
+
+    async fn read_rules(&self, stable: &dyn StableItems) -> FsResult<Vec<QuotaRule>> {
         self.tag_counters
             .quota_rule_reads
             .fetch_add(1, Ordering::Relaxed);
-        let rules: Vec<QuotaRule> = rule_items(stable)
+        Ok(rule_items(stable)
             .await?
             .into_iter()
             .map(|(_, r)| r)
             .filter(rule_valid)
-            .collect();
-        self.quota().rules = Some((rules.clone(), now));
-        Ok(rules)
+            .collect())
     }
 
     async fn checked_total(&self, stable: &dyn StableItems, name: [u64; 3]) -> FsResult<Total> {

@@ -207,6 +207,10 @@ impl FsLocks for ClusterFsLocks {
         })
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn cached_elsewhere(&self, ino: u64) -> ItemFuture<'_, bool> {
         Box::pin(async move {
             let group = ino / open_map::OPEN_MAP_GROUP_NR;
