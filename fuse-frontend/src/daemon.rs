@@ -696,15 +696,14 @@ fn serve_mounted(
             _ => eprintln!("scoutfsd: no FUSE descriptor for lock revocations"),
         }
     }
-    let on_interrupt = frontend.on_interrupt();
-    let server = Arc::new(fuse_backend_rs::api::server::Server::new(frontend));
+    let frontend = Arc::new(frontend);
     let fail = |e: io::Error, node: Node| {
         let _ = session::unmount_lazy(&mountpoint);
         let _ = session.wake();
         let _ = exec.block_on(shut_down(node));
         Err(ServeError::Fuse(e))
     };
-    let workers = match Workers::start(session.clone(), server.clone(), workers, on_interrupt) {
+    let workers = match Workers::start(session.clone(), frontend.clone(), workers) {
         Ok(w) => w,
         Err(e) => return fail(e, node),
     };
@@ -774,7 +773,7 @@ fn serve_mounted(
         workers.join();
         control.map(Control::stop)
     }));
-    drop(server);
+    drop(frontend);
     let done = exec.block_on(shut_down(node));
     if let Some(s) = stopped.as_mut() {
         let errno = match &done {

@@ -7,6 +7,8 @@
 //! * [`attr`]: attribute conversions.
 //! * [`acl`]: POSIX ACL semantics the kernel leaves to the filesystem.
 //! * [`session`]: mount(2) on /dev/fuse, worker threads, unmount.
+//! * [`dispatch`]: the requests fuse-backend-rs's `Server` cannot serve
+//!   (INIT's newer flags, TMPFILE, INTERRUPT, SETXATTR_EXT), ours.
 //! * [`signals`]: SIGTERM and friends, taken by a watcher thread.
 //! * [`daemon`]: [`serve`], the whole life of one single-node mount, which
 //!   the `scoutfsd` binary and the `mount.scoutfs` helper call.
@@ -27,6 +29,7 @@ pub mod attr;
 pub mod bridge;
 pub mod control;
 pub mod daemon;
+pub mod dispatch;
 pub mod fence_tree;
 pub mod filesystem;
 pub mod helpers;
