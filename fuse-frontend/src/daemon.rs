@@ -689,7 +689,12 @@ fn serve_mounted(
                         }
                     }
                     Box::pin(async move {
+                        let pages = n.clone();
                         rt.spawn_blocking(move || n.invalidate(range, kept)).await;
+                        // Not awaited: the writeback of mapped pages takes
+                        // the lock again, after the answer.
+                        rt.spawn_blocking(move || pages.drop_pages(range, kept))
+                            .detach();
                     })
                 }));
             }
