@@ -20,6 +20,7 @@
 //! * [`launch`]: forking a daemon and waiting until it has mounted.
 //! * [`options`]: scoutfs mount options.
 //! * [`helpers`]: `mount.scoutfs` and `umount.fuse.scoutfs`.
+//! * [`remount`]: `mount -o remount` (`mount.fuse.scoutfs`).
 //!
 //! docs/fuse.md describes what works through a real mount and the
 //! pjdfstest results.
@@ -36,6 +37,7 @@ pub mod helpers;
 pub mod launch;
 pub mod notify;
 pub mod options;
+pub mod remount;
 pub mod session;
 pub mod signals;
 
