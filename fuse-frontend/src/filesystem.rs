@@ -182,10 +182,16 @@ impl ScoutFuse {
     }
 
     /// What FUSE_INTERRUPT calls: fails a data wait of that request with
-    /// EINTR (engine waiters.rs), so a killed reader is let go.
+    /// EINTR (engine waiters.rs), and ends the worker's wait if the
+    /// request changes nothing ([`Bridge::run_interruptible`]: e.g. a
+    /// lookup waiting for a cluster lock), so a killed caller is let go.
     pub fn on_interrupt(&self) -> OnInterrupt {
         let fs = self.fs.clone();
-        Arc::new(move |unique| fs.interrupt_data_waiter(unique))
+        let waits = self.bridge.interrupts().clone();
+        Arc::new(move |unique| {
+            fs.interrupt_data_waiter(unique);
+            waits.interrupt(unique);
+        })
     }
 
     /// The FUSE_INIT flags this filesystem wants (the kernel's `capable`
@@ -292,7 +298,10 @@ impl FileSystem for ScoutFuse {
         let name = name_of(name);
         let a = self
             .bridge
-            .run(async move { fs.lookup(parent, &name).await })?;
+            .run_interruptible(
+                current_request(),
+                async move { fs.lookup(parent, &name).await },
+            )?;
         Ok(self.entry(a, self.opts.attr_timeout))
     }
 
@@ -328,7 +337,9 @@ impl FileSystem for ScoutFuse {
         _handle: Option<u64>,
     ) -> io::Result<(stat64, Duration)> {
         let fs = self.fs.clone();
-        let a = self.bridge.run(async move { fs.getattr(ino).await })?;
+        let a = self
+            .bridge
+            .run_interruptible(current_request(), async move { fs.getattr(ino).await })?;
         Ok((stat_of(&a), self.opts.attr_timeout))
     }
 
@@ -355,7 +366,8 @@ impl FileSystem for ScoutFuse {
 
     fn readlink(&self, _ctx: &Context, ino: u64) -> io::Result<Vec<u8>> {
         let fs = self.fs.clone();
-        self.bridge.run(async move { fs.readlink(ino).await })
+        self.bridge
+            .run_interruptible(current_request(), async move { fs.readlink(ino).await })
     }
 
     fn symlink(
@@ -521,7 +533,7 @@ impl FileSystem for ScoutFuse {
         let tag = current_request();
         let data = self
             .bridge
-            .run(async move { fs.read_as(ino, offset, size, tag).await })?;
+            .run_interruptible(tag, async move { fs.read_as(ino, offset, size, tag).await })?;
         w.write_all(&data)?;
         Ok(data.len())
     }
@@ -640,7 +652,10 @@ impl FileSystem for ScoutFuse {
         }
         let v = self
             .bridge
-            .run(async move { fs.getxattr(ino, &name).await })?;
+            .run_interruptible(
+                current_request(),
+                async move { fs.getxattr(ino, &name).await },
+            )?;
         Ok(match sized(v, size)? {
             Ok(v) => GetxattrReply::Value(v),
             Err(n) => GetxattrReply::Count(n),
@@ -651,7 +666,10 @@ impl FileSystem for ScoutFuse {
         let fs = self.fs.clone();
         let names = self
             .bridge
-            .run(async move { fs.listxattr(ino, false).await })?;
+            .run_interruptible(
+                current_request(),
+                async move { fs.listxattr(ino, false).await },
+            )?;
         let mut all = Vec::new();
         for n in names {
             all.extend_from_slice(&n);
@@ -697,9 +715,12 @@ impl FileSystem for ScoutFuse {
         let mut start = offset;
         loop {
             let fs = self.fs.clone();
+            // Interruptible: nothing is counted for plain entries.
             let batch = self
                 .bridge
-                .run(async move { fs.readdir(ino, start, READDIR_BATCH_ENTRIES).await })?;
+                .run_interruptible(current_request(), async move {
+                    fs.readdir(ino, start, READDIR_BATCH_ENTRIES).await
+                })?;
             if batch.is_empty() {
                 return Ok(());
             }

@@ -130,7 +130,7 @@ fn shared_mmap_across_two_mounts() {
     if skip_without_fuse("shared_mmap_across_two_mounts") {
         return;
     }
-    let v = Volume::new_with_slots(&fast_dir(), 2 << 30, 4 << 30, 1);
+    let v = Volume::new_with_slots(&fast_dir(), 2 << 30, 16 << 30, 1);
     let (ma, mb) = (v.dir.path().join("a"), v.dir.path().join("b"));
     std::fs::create_dir(&ma).unwrap();
     std::fs::create_dir(&mb).unwrap();
