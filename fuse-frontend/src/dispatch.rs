@@ -50,6 +50,9 @@ const KERNEL_MAJOR: u32 = 7;
 const KERNEL_MINOR: u32 = 33;
 /// `fuse_init_in.flags`: `flags2` follows (fuse.h FUSE_INIT_EXT).
 const INIT_EXT: u64 = 1 << 30;
+/// `fuse_init_out` sizes of protocols before 7.5 and 7.23 (fuse.h).
+const COMPAT_INIT_OUT_BYTES: usize = 8;
+const COMPAT_22_INIT_OUT_BYTES: usize = 24;
 /// Pages per request, as fuse-backend-rs's session buffer holds (1 MiB).
 const MAX_PAGES: u16 = 256;
 const PAGE_BYTES: u32 = 4096;
@@ -193,7 +196,14 @@ impl Dispatch {
             flags2: (enabled >> 32) as u32,
             ..Default::default()
         };
-        reply(w, h.unique, Ok(out.as_slice().to_vec())).map(|_| Handled::Done)
+        // Kernels older than 7.23 (7.5) take a shorter init_out.
+        let size = match i.minor {
+            0..=4 => COMPAT_INIT_OUT_BYTES,
+            5..=22 => COMPAT_22_INIT_OUT_BYTES,
+            _ => size_of::<InitOut>(),
+        };
+        let body = out.as_slice()[..size].to_vec();
+        reply(w, h.unique, Ok(body)).map(|_| Handled::Done)
     }
 
     fn setxattr(&self, h: &InHeader, r: &mut Reader<'_>) -> io::Result<()> {
