@@ -17,7 +17,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{fast_dir, skip_without_fuse, Daemon, Volume};
+use support::{skip_without_fuse, two_mounts};
 
 fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a child process we started.
@@ -35,12 +35,8 @@ fn sigkill_ends_a_lookup_waiting_for_a_lock() {
     if skip_without_fuse("sigkill_ends_a_lookup_waiting_for_a_lock") {
         return;
     }
-    let v = Volume::new_with_slots(&fast_dir(), 2 << 30, 16 << 30, 1);
-    let (ma, mb) = (v.dir.path().join("a"), v.dir.path().join("b"));
-    std::fs::create_dir(&ma).unwrap();
-    std::fs::create_dir(&mb).unwrap();
-    let a = Daemon::start_on(&v, &ma, Some("quorum_slot_nr=0"));
-    let b = Daemon::start_on(&v, &mb, None);
+    let (v, a, b) = two_mounts();
+    let (ma, mb) = (a.mnt.clone(), b.mnt.clone());
     std::fs::create_dir(mb.join("d")).unwrap();
     std::fs::write(mb.join("d/f"), b"held by b").unwrap();
 

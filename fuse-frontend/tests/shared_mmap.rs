@@ -22,7 +22,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{fast_dir, skip_without_fuse, Daemon, Volume};
+use support::{skip_without_fuse, two_mounts, Daemon, Volume};
 
 const LEN: usize = 1 << 20;
 
@@ -130,12 +130,8 @@ fn shared_mmap_across_two_mounts() {
     if skip_without_fuse("shared_mmap_across_two_mounts") {
         return;
     }
-    let v = Volume::new_with_slots(&fast_dir(), 2 << 30, 16 << 30, 1);
-    let (ma, mb) = (v.dir.path().join("a"), v.dir.path().join("b"));
-    std::fs::create_dir(&ma).unwrap();
-    std::fs::create_dir(&mb).unwrap();
-    let a = Daemon::start_on(&v, &ma, Some("quorum_slot_nr=0"));
-    let b = Daemon::start_on(&v, &mb, None);
+    let (v, a, b) = two_mounts();
+    let (ma, mb) = (a.mnt.clone(), b.mnt.clone());
     let (pa, pb) = (ma.join("f"), mb.join("f"));
     let f = File::create_new(&pa).unwrap();
     f.write_all_at(&vec![b'.'; LEN], 0).unwrap();
