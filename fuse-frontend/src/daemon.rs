@@ -570,21 +570,30 @@ pub fn canonical_dir(dir: &Path) -> PathBuf {
 /// The (major, minor) of the newest mount on `dir`, from mountinfo (no
 /// stat: a stat of our own mount would wait for the engine).
 pub fn mount_dev(dir: &Path) -> io::Result<(u32, u32)> {
+    let f = mountinfo_fields(dir)?;
+    f[2].split_once(':')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .ok_or_else(|| io::Error::other(format!("{}: bad mountinfo line", dir.display())))
+}
+
+/// Whether the mount on `dir` is read-only (`mount -o remount,ro`): its
+/// mount or its superblock options start with `ro`.
+pub fn mount_read_only(dir: &Path) -> bool {
+    let Ok(f) = mountinfo_fields(dir) else {
+        return false;
+    };
+    let ro = |opts: &str| opts.split(',').next() == Some("ro");
+    ro(&f[5]) || f.last().is_some_and(|s| ro(s))
+}
+
+/// The fields of the newest mountinfo line of the mount on `dir`.
+fn mountinfo_fields(dir: &Path) -> io::Result<Vec<String>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let want = dir.as_os_str().as_encoded_bytes();
-    let mut found = None;
-    for line in info.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        if f.len() < 5 || unescape_mountinfo(f[4]) != want {
-            continue;
-        }
-        if let Some((a, b)) = f[2].split_once(':') {
-            if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
-                found = Some((a, b));
-            }
-        }
-    }
-    found.ok_or_else(|| io::Error::other(format!("{} is not in mountinfo", dir.display())))
+    info.lines()
+        .map(|l| l.split(' ').map(str::to_string).collect::<Vec<_>>())
+        .rfind(|f| f.len() >= 10 && unescape_mountinfo(&f[4]) == want)
+        .ok_or_else(|| io::Error::other(format!("{} is not in mountinfo", dir.display())))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.

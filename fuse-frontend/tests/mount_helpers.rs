@@ -386,10 +386,20 @@ fn remount_switches_ro_rw_and_refuses_option_changes() {
     let e = fs::write(&f, b"ro").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
     assert_eq!(fs::read(&f).unwrap(), b"before");
+    // The control socket's changes are refused too (quota rules need no
+    // file opened for writing); read-only requests still work.
+    let client = Client::for_path(&v.mnt).unwrap();
+    let rule = [0u8; fuse_frontend::control::proto::QUOTA_RULE_BYTES];
+    let e = client.quota_change(&rule, true).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    client.statfs().unwrap();
     let out = remount(&v.mnt, "rw");
     assert!(out.status.success(), "{out:?}");
     assert!(mount_opts(&v.mnt).starts_with("rw,"));
     fs::write(&f, b"after").unwrap();
+    // Writable again: the same rule goes in, and out.
+    client.quota_change(&rule, true).unwrap();
+    client.quota_change(&rule, false).unwrap();
 
     // Busy: no read-only remount while a file is open for writing.
     let w = fs::OpenOptions::new().write(true).open(&f).unwrap();
