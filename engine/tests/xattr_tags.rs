@@ -461,6 +461,11 @@ fn quota_rules_on_one_mount_hold_on_all() {
             b.create(&user(1000), ROOT_INO, b"new", 0o644).await.err(),
             Some(libc::EDQUOT)
         );
+        // O_TMPFILE makes an inode too: the same rule stops it.
+        assert_eq!(
+            b.tmpfile(&user(1000), ROOT_INO, 0o644).await.err(),
+            Some(libc::EDQUOT)
+        );
         assert!(b.quota_rules().await.expect("rules").len() == 2);
         assert_eq!(b.quota_del(&data_rule(5)).await, Err(libc::ENOENT));
         b.quota_del(&inode_rule).await.expect("del");

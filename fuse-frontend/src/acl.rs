@@ -261,7 +261,14 @@ where
 
 /// setxattr of `system.posix_acl_access`: the mode follows the ACL; an ACL
 /// the mode expresses is not stored.
-pub async fn set_access(fs: &Fs, ctx: &Ctx, ino: u64, value: &[u8], flags: u32) -> FsResult<()> {
+pub async fn set_access(
+    fs: &Fs,
+    ctx: &Ctx,
+    ino: u64,
+    value: &[u8],
+    flags: u32,
+    kill_sgid: bool,
+) -> FsResult<()> {
     let acl = Acl::parse(value)?;
     let attr = fs.getattr(ino).await?;
     if acl.is_equivalent_to_mode() {
@@ -272,7 +279,12 @@ pub async fn set_access(fs: &Fs, ctx: &Ctx, ino: u64, value: &[u8], flags: u32) 
     } else {
         fs.setxattr(ctx, ino, ACCESS, &acl.encode(), flags).await?;
     }
-    let mode = (attr.mode & 0o7000) | acl.mode_bits();
+    let special = if kill_sgid {
+        attr.mode & 0o7000 & !libc::S_ISGID
+    } else {
+        attr.mode & 0o7000
+    };
+    let mode = special | acl.mode_bits();
     if mode != attr.mode & 0o7777 {
         let set = SetAttr {
             mode: Some(mode),

@@ -11,11 +11,20 @@
 //! task that dies with its runtime (shutdown) answers EIO instead of
 //! hanging the worker.
 //!
+//! [`Bridge::run_interruptible`] is for operations that change nothing
+//! (lookups, attributes, reads, listings): a FUSE_INTERRUPT of the request
+//! ([`Interrupts::interrupt`]) lets the worker answer EINTR at once while
+//! the task finishes on its own (e.g. once the cluster lock it waits for
+//! is granted) and its result is dropped. Operations that change things
+//! are never abandoned: their caller must not see EINTR for a change that
+//! then happens.
+//!
 //! Touches only [`engine::runtime::Runtime`].
 
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use engine::fs::FsResult;
 use engine::runtime::Runtime;
@@ -24,6 +33,72 @@ use engine::runtime::Runtime;
 #[derive(Clone, Debug)]
 pub struct Bridge {
     rt: Runtime,
+    interrupts: Arc<Interrupts>,
+}
+
+/// Interrupts remembered for requests not (yet) waiting interruptibly.
+const EARLY_INTERRUPTS_MAX: usize = 256;
+
+/// Workers waiting interruptibly, by request unique id.
+#[derive(Default)]
+pub struct Interrupts {
+    state: Mutex<InterruptState>,
+}
+
+#[derive(Default)]
+struct InterruptState {
+    waiting: BTreeMap<u64, Box<dyn FnOnce() + Send>>,
+    /// Interrupts that found no waiter: their request may register
+    /// later (the INTERRUPT was read by another worker first).
+    early: VecDeque<u64>,
+}
+
+impl std::fmt::Debug for Interrupts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interrupts")
+    }
+}
+
+impl Interrupts {
+    fn state(&self) -> std::sync::MutexGuard<'_, InterruptState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// FUSE_INTERRUPT of request `unique`: its interruptible wait ends
+    /// with EINTR (now, or when it registers).
+    pub fn interrupt(&self, unique: u64) {
+        if unique == 0 {
+            return;
+        }
+        let mut st = self.state();
+        match st.waiting.remove(&unique) {
+            Some(wake) => {
+                drop(st);
+                wake();
+            }
+            None => {
+                if st.early.len() >= EARLY_INTERRUPTS_MAX {
+                    st.early.pop_front();
+                }
+                st.early.push_back(unique);
+            }
+        }
+    }
+
+    /// False when `unique` was interrupted already.
+    fn register(&self, unique: u64, wake: Box<dyn FnOnce() + Send>) -> bool {
+        let mut st = self.state();
+        if let Some(i) = st.early.iter().position(|u| *u == unique) {
+            st.early.remove(i);
+            return false;
+        }
+        st.waiting.insert(unique, wake);
+        true
+    }
+
+    fn unregister(&self, unique: u64) {
+        self.state().waiting.remove(&unique);
+    }
 }
 
 /// A positive errno as the io::Error the FUSE server replies with.
@@ -33,7 +108,15 @@ pub fn errno(e: i32) -> io::Error {
 
 impl Bridge {
     pub fn new(rt: Runtime) -> Bridge {
-        Bridge { rt }
+        Bridge {
+            rt,
+            interrupts: Arc::new(Interrupts::default()),
+        }
+    }
+
+    /// Where FUSE_INTERRUPT goes for [`Bridge::run_interruptible`].
+    pub fn interrupts(&self) -> &Arc<Interrupts> {
+        &self.interrupts
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -54,6 +137,40 @@ impl Bridge {
             })
             .detach();
         match rx.recv() {
+            Ok(r) => r.map_err(errno),
+            Err(_) => Err(errno(libc::EIO)),
+        }
+    }
+
+    /// [`Bridge::run`] for an operation that changes nothing, on behalf
+    /// of FUSE request `tag` (0: none): an interrupt of the request ends
+    /// the wait with EINTR; the task runs on and its result is dropped.
+    pub fn run_interruptible<T, F>(&self, tag: u64, op: F) -> io::Result<T>
+    where
+        F: Future<Output = FsResult<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        if tag == 0 {
+            return self.run(op);
+        }
+        // Room for the result and the interrupt: neither sender blocks
+        // (the engine thread must not).
+        let (tx, rx) = mpsc::sync_channel(2);
+        let itx = tx.clone();
+        let wake = Box::new(move || {
+            let _ = itx.try_send(Err(libc::EINTR));
+        });
+        if !self.interrupts.register(tag, wake) {
+            return Err(errno(libc::EINTR));
+        }
+        self.rt
+            .spawn(async move {
+                let _ = tx.send(op.await);
+            })
+            .detach();
+        let r = rx.recv();
+        self.interrupts.unregister(tag);
+        match r {
             Ok(r) => r.map_err(errno),
             Err(_) => Err(errno(libc::EIO)),
         }

@@ -441,6 +441,21 @@ fn reply_err(conn: &OwnedFd, errno: i32) {
 }
 
 /// Serves one connection: one request, one reply.
+/// Operations that change the volume (EROFS on a read-only mount).
+fn changes_volume(op: Op) -> bool {
+    matches!(
+        op,
+        Op::SetAttrX
+            | Op::Release
+            | Op::Stage
+            | Op::PunchOffline
+            | Op::MoveBlocks
+            | Op::QuotaAdd
+            | Op::QuotaDel
+            | Op::QuotaWipe
+    )
+}
+
 fn handle(conn: OwnedFd, id: &Identity, engine: &Engine, shared: &Shared) {
     let _ = sock::set_recv_timeout(&conn, REQUEST_TIMEOUT_SECS);
     let Ok(cred) = sock::peer_cred(&conn) else {
@@ -481,6 +496,14 @@ fn handle(conn: OwnedFd, id: &Identity, engine: &Engine, shared: &Shared) {
             reply_err(&conn, libc::EPERM);
             return;
         }
+    }
+    // What changes the volume refuses a read-only mount, as the
+    // original's ioctls do (mnt_want_write): its files cannot be opened
+    // for writing, but the quota rules need no file.
+    if changes_volume(op) && crate::daemon::mount_read_only(&id.mountpoint) {
+        shared.ops.failed.fetch_add(1, Ordering::Relaxed);
+        reply_err(&conn, libc::EROFS);
+        return;
     }
     if second.is_some() != op.takes_second_fd() {
         shared.ops.failed.fetch_add(1, Ordering::Relaxed);

@@ -586,21 +586,30 @@ pub fn canonical_dir(dir: &Path) -> PathBuf {
 /// The (major, minor) of the newest mount on `dir`, from mountinfo (no
 /// stat: a stat of our own mount would wait for the engine).
 pub fn mount_dev(dir: &Path) -> io::Result<(u32, u32)> {
+    let f = mountinfo_fields(dir)?;
+    f[2].split_once(':')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .ok_or_else(|| io::Error::other(format!("{}: bad mountinfo line", dir.display())))
+}
+
+/// Whether the mount on `dir` is read-only (`mount -o remount,ro`): its
+/// mount or its superblock options start with `ro`.
+pub fn mount_read_only(dir: &Path) -> bool {
+    let Ok(f) = mountinfo_fields(dir) else {
+        return false;
+    };
+    let ro = |opts: &str| opts.split(',').next() == Some("ro");
+    ro(&f[5]) || f.last().is_some_and(|s| ro(s))
+}
+
+/// The fields of the newest mountinfo line of the mount on `dir`.
+fn mountinfo_fields(dir: &Path) -> io::Result<Vec<String>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let want = dir.as_os_str().as_encoded_bytes();
-    let mut found = None;
-    for line in info.lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        if f.len() < 5 || unescape_mountinfo(f[4]) != want {
-            continue;
-        }
-        if let Some((a, b)) = f[2].split_once(':') {
-            if let (Ok(a), Ok(b)) = (a.parse(), b.parse()) {
-                found = Some((a, b));
-            }
-        }
-    }
-    found.ok_or_else(|| io::Error::other(format!("{} is not in mountinfo", dir.display())))
+    info.lines()
+        .map(|l| l.split(' ').map(str::to_string).collect::<Vec<_>>())
+        .rfind(|f| f.len() >= 10 && unescape_mountinfo(&f[4]) == want)
+        .ok_or_else(|| io::Error::other(format!("{} is not in mountinfo", dir.display())))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -711,22 +720,26 @@ fn serve_mounted(
                         }
                     }
                     Box::pin(async move {
+                        let pages = n.clone();
                         rt.spawn_blocking(move || n.invalidate(range, kept)).await;
+                        // Not awaited: the writeback of mapped pages takes
+                        // the lock again, after the answer.
+                        rt.spawn_blocking(move || pages.drop_pages(range, kept))
+                            .detach();
                     })
                 }));
             }
             _ => eprintln!("scoutfsd: no FUSE descriptor for lock revocations"),
         }
     }
-    let on_interrupt = frontend.on_interrupt();
-    let server = Arc::new(fuse_backend_rs::api::server::Server::new(frontend));
+    let frontend = Arc::new(frontend);
     let fail = |e: io::Error, node: Node| {
         let _ = session::unmount_lazy(&mountpoint);
         let _ = session.wake();
         let _ = exec.block_on(shut_down(node));
         Err(ServeError::Fuse(e))
     };
-    let workers = match Workers::start(session.clone(), server.clone(), workers, on_interrupt) {
+    let workers = match Workers::start(session.clone(), frontend.clone(), workers) {
         Ok(w) => w,
         Err(e) => return fail(e, node),
     };
@@ -796,7 +809,7 @@ fn serve_mounted(
         workers.join();
         control.map(Control::stop)
     }));
-    drop(server);
+    drop(frontend);
     let done = exec.block_on(shut_down(node));
     if let Some(s) = stopped.as_mut() {
         let errno = match &done {

@@ -8,9 +8,10 @@
 //! * Node ids and `st_ino` are scoutfs inode numbers (root = 1).
 //! * No `WRITEBACK_CACHE`: the daemon owns sizes and times. Regular files
 //!   open with `FOPEN_DIRECT_IO`, so every read and write reaches the
-//!   engine (fuse-backend-rs 0.14 cannot negotiate
-//!   `FUSE_DIRECT_IO_ALLOW_MMAP`: shared writable mmap of a file fails
-//!   with ENODEV, see docs/fuse.md). No KEEP_CACHE or CACHE_DIR.
+//!   engine; with `FUSE_DIRECT_IO_ALLOW_MMAP` they may still be mapped
+//!   shared (the kernel writes mapped pages back through WRITE and
+//!   flushes them before a direct read of the range). No KEEP_CACHE or
+//!   CACHE_DIR.
 //! * LOOKUP and GETATTR replies carry [`FuseOptions::attr_timeout`]
 //!   (LOOKUP and READDIRPLUS attributes 0 for an inode the kernel has no
 //!   lookup on yet, see `notify::entry_attr_timeout`; READDIRPLUS entries
@@ -190,10 +191,99 @@ impl ScoutFuse {
     }
 
     /// What FUSE_INTERRUPT calls: fails a data wait of that request with
-    /// EINTR (engine waiters.rs), so a killed reader is let go.
+    /// EINTR (engine waiters.rs), and ends the worker's wait if the
+    /// request changes nothing ([`Bridge::run_interruptible`]: e.g. a
+    /// lookup waiting for a cluster lock), so a killed caller is let go.
     pub fn on_interrupt(&self) -> OnInterrupt {
         let fs = self.fs.clone();
-        Arc::new(move |unique| fs.interrupt_data_waiter(unique))
+        let waits = self.bridge.interrupts().clone();
+        Arc::new(move |unique| {
+            fs.interrupt_data_waiter(unique);
+            waits.interrupt(unique);
+        })
+    }
+
+    /// The FUSE_INIT flags this filesystem wants (the kernel's `capable`
+    /// is masked with them by crate::dispatch).
+    pub fn init_flags(&self) -> u64 {
+        // Never WRITEBACK_CACHE (§2.6). READDIRPLUS_AUTO: the kernel asks
+        // for attributes only while a listing is followed by lookups.
+        // DIRECT_IO_ALLOW_MMAP: our direct-I/O files may be mapped shared;
+        // the kernel flushes and drops mapped pages around each direct
+        // read and write of the range, so read(2) sees mmap stores.
+        let want = FsOptions::ASYNC_READ
+            | FsOptions::DO_READDIRPLUS
+            | FsOptions::READDIRPLUS_AUTO
+            | FsOptions::BIG_WRITES
+            | FsOptions::MAX_PAGES
+            | FsOptions::EXPORT_SUPPORT
+            | FsOptions::PARALLEL_DIROPS;
+        let mut want = want.bits() | crate::dispatch::FLAG_DIRECT_IO_ALLOW_MMAP;
+        // ACLs: the kernel enforces them, we keep mode and ACL in step
+        // and apply the umask ourselves (no umask under a default ACL);
+        // SETXATTR_EXT tells us when setting an access ACL clears S_ISGID.
+        if self.opts.acl {
+            want |= (FsOptions::POSIX_ACL | FsOptions::DONT_MASK).bits()
+                | crate::dispatch::FLAG_SETXATTR_EXT;
+        }
+        want
+    }
+
+    /// FUSE_TMPFILE (crate::dispatch): an unnamed regular file in
+    /// `parent`, open, counted as a lookup: `(entry, handle, open flags)`.
+    pub fn tmpfile(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        args: CreateIn,
+    ) -> io::Result<(Entry, u64, u32)> {
+        let (fs, c, on) = (self.fs.clone(), ctx_of(ctx), self.opts.acl);
+        let (mode, umask) = (args.mode, args.umask);
+        if mode & libc::S_IFMT != 0 && mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(errno(libc::EINVAL));
+        }
+        let a = self.bridge.run(async move {
+            let f = fs.clone();
+            acl::create_with(
+                &fs,
+                c,
+                on,
+                parent,
+                mode,
+                umask,
+                false,
+                |c, mode| async move { f.tmpfile(&c, parent, mode).await },
+            )
+            .await
+        })?;
+        let e = self.entry(a, Duration::ZERO);
+        Ok((e, self.handle(), OpenOptions::DIRECT_IO.bits()))
+    }
+
+    /// setxattr with SETXATTR_EXT's flags: `kill_sgid` (set by the kernel
+    /// for an access ACL set by a caller outside the owning group without
+    /// CAP_FSETID) clears S_ISGID as a local filesystem does.
+    pub fn setxattr_with(
+        &self,
+        ctx: &Context,
+        ino: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+        kill_sgid: bool,
+    ) -> io::Result<()> {
+        let (fs, c, name) = (self.fs.clone(), ctx_of(ctx), name_of(name));
+        let value = value.to_vec();
+        if acl::is_acl_name(&name) && !self.opts.acl {
+            return Err(errno(libc::EOPNOTSUPP));
+        }
+        self.bridge.run(async move {
+            match name.as_slice() {
+                acl::ACCESS => acl::set_access(&fs, &c, ino, &value, flags, kill_sgid).await,
+                acl::DEFAULT => acl::set_default(&fs, &c, ino, &value, flags).await,
+                _ => fs.setxattr(&c, ino, &name, &value, flags).await,
+            }
+        })
     }
 
     /// Lookup count of `ino` (for tests and the status tree).
@@ -207,23 +297,9 @@ impl FileSystem for ScoutFuse {
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
-        // Never WRITEBACK_CACHE (§2.6). READDIRPLUS_AUTO: the kernel asks
-        // for attributes only while a listing is followed by lookups.
-        let want = FsOptions::ASYNC_READ
-            | FsOptions::DO_READDIRPLUS
-            | FsOptions::READDIRPLUS_AUTO
-            | FsOptions::BIG_WRITES
-            | FsOptions::MAX_PAGES
-            | FsOptions::EXPORT_SUPPORT
-            | FsOptions::PARALLEL_DIROPS;
-        // ACLs: the kernel enforces them, we keep mode and ACL in step
-        // and apply the umask ourselves (no umask under a default ACL).
-        let want = if self.opts.acl {
-            want | FsOptions::POSIX_ACL | FsOptions::DONT_MASK
-        } else {
-            want
-        };
-        Ok(capable & want)
+        // Not reached: crate::dispatch answers INIT (flags this type
+        // cannot hold); kept consistent for a Server used on its own.
+        Ok(capable & FsOptions::from_bits_truncate(self.init_flags()))
     }
 
     fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
@@ -231,7 +307,10 @@ impl FileSystem for ScoutFuse {
         let name = name_of(name);
         let a = self
             .bridge
-            .run(async move { fs.lookup(parent, &name).await })?;
+            .run_interruptible(
+                current_request(),
+                async move { fs.lookup(parent, &name).await },
+            )?;
         Ok(self.entry(a, self.opts.attr_timeout))
     }
 
@@ -267,7 +346,9 @@ impl FileSystem for ScoutFuse {
         _handle: Option<u64>,
     ) -> io::Result<(stat64, Duration)> {
         let fs = self.fs.clone();
-        let a = self.bridge.run(async move { fs.getattr(ino).await })?;
+        let a = self
+            .bridge
+            .run_interruptible(current_request(), async move { fs.getattr(ino).await })?;
         Ok((stat_of(&a), self.opts.attr_timeout))
     }
 
@@ -294,7 +375,8 @@ impl FileSystem for ScoutFuse {
 
     fn readlink(&self, _ctx: &Context, ino: u64) -> io::Result<Vec<u8>> {
         let fs = self.fs.clone();
-        self.bridge.run(async move { fs.readlink(ino).await })
+        self.bridge
+            .run_interruptible(current_request(), async move { fs.readlink(ino).await })
     }
 
     fn symlink(
@@ -460,7 +542,7 @@ impl FileSystem for ScoutFuse {
         let tag = current_request();
         let data = self
             .bridge
-            .run(async move { fs.read_as(ino, offset, size, tag).await })?;
+            .run_interruptible(tag, async move { fs.read_as(ino, offset, size, tag).await })?;
         w.write_all(&data)?;
         Ok(data.len())
     }
@@ -562,18 +644,8 @@ impl FileSystem for ScoutFuse {
         value: &[u8],
         flags: u32,
     ) -> io::Result<()> {
-        let (fs, c, name) = (self.fs.clone(), ctx_of(ctx), name_of(name));
-        let value = value.to_vec();
-        if acl::is_acl_name(&name) && !self.opts.acl {
-            return Err(errno(libc::EOPNOTSUPP));
-        }
-        self.bridge.run(async move {
-            match name.as_slice() {
-                acl::ACCESS => acl::set_access(&fs, &c, ino, &value, flags).await,
-                acl::DEFAULT => acl::set_default(&fs, &c, ino, &value, flags).await,
-                _ => fs.setxattr(&c, ino, &name, &value, flags).await,
-            }
-        })
+        // Without SETXATTR_EXT (noacl, or an old kernel): no SGID news.
+        self.setxattr_with(ctx, ino, name, value, flags, false)
     }
 
     fn getxattr(
@@ -589,7 +661,10 @@ impl FileSystem for ScoutFuse {
         }
         let v = self
             .bridge
-            .run(async move { fs.getxattr(ino, &name).await })?;
+            .run_interruptible(
+                current_request(),
+                async move { fs.getxattr(ino, &name).await },
+            )?;
         Ok(match sized(v, size)? {
             Ok(v) => GetxattrReply::Value(v),
             Err(n) => GetxattrReply::Count(n),
@@ -600,7 +675,10 @@ impl FileSystem for ScoutFuse {
         let fs = self.fs.clone();
         let names = self
             .bridge
-            .run(async move { fs.listxattr(ino, false).await })?;
+            .run_interruptible(
+                current_request(),
+                async move { fs.listxattr(ino, false).await },
+            )?;
         let mut all = Vec::new();
         for n in names {
             all.extend_from_slice(&n);
@@ -646,9 +724,12 @@ impl FileSystem for ScoutFuse {
         let mut start = offset;
         loop {
             let fs = self.fs.clone();
+            // Interruptible: nothing is counted for plain entries.
             let batch = self
                 .bridge
-                .run(async move { fs.readdir(ino, start, READDIR_BATCH_ENTRIES).await })?;
+                .run_interruptible(current_request(), async move {
+                    fs.readdir(ino, start, READDIR_BATCH_ENTRIES).await
+                })?;
             if batch.is_empty() {
                 return Ok(());
             }

@@ -42,6 +42,7 @@ pub const EX_USAGE: i32 = 1;
 pub const EX_FAIL: i32 = 32;
 
 const MOUNT_PROG: &str = "mount.scoutfs";
+const MOUNT_FUSE_PROG: &str = "mount.fuse.scoutfs";
 const UMOUNT_PROG: &str = "umount.fuse.scoutfs";
 /// How long `umount -f` waits for the killed daemon to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(30);
@@ -148,6 +149,17 @@ fn die_with_parent() {
 
 /// `mount.scoutfs`: see the module comment. Returns the exit code.
 pub fn mount_main(args: &[String]) -> i32 {
+    mount_main_as(MOUNT_PROG, args)
+}
+
+/// `mount.fuse.scoutfs`, what mount(8) runs for a mount of type
+/// `fuse.scoutfs` (a remount, or `mount -t fuse.scoutfs`): the same as
+/// `mount.scoutfs` under its own name.
+pub fn mount_fuse_main(args: &[String]) -> i32 {
+    mount_main_as(MOUNT_FUSE_PROG, args)
+}
+
+fn mount_main_as(prog: &str, args: &[String]) -> i32 {
     let mut pos = Vec::new();
     let mut opts = String::new();
     let mut fake = false;
@@ -182,8 +194,25 @@ pub fn mount_main(args: &[String]) -> i32 {
             _ => pos.push(a.clone()),
         }
     }
+    if opts.split(',').any(|o| o == "remount") {
+        // mount(8) passes the source too; `mount.scoutfs -o remount DIR`
+        // by hand may not.
+        let Some(dir) = pos.last().filter(|_| pos.len() <= 2) else {
+            return usage(prog, "expected the mount point to remount");
+        };
+        if fake {
+            return 0;
+        }
+        return match crate::remount::remount(Path::new(dir), &opts) {
+            Ok(()) => 0,
+            Err(msg) => {
+                eprintln!("{prog}: {msg}");
+                EX_FAIL
+            }
+        };
+    }
     let [data, dir] = pos.as_slice() else {
-        return usage(MOUNT_PROG, "expected the data device and the mount point");
+        return usage(prog, "expected the data device and the mount point");
     };
     let options = match ScoutfsOptions::parse(&opts) {
         Ok(o) => o,

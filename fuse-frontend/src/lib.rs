@@ -7,6 +7,8 @@
 //! * [`attr`]: attribute conversions.
 //! * [`acl`]: POSIX ACL semantics the kernel leaves to the filesystem.
 //! * [`session`]: mount(2) on /dev/fuse, worker threads, unmount.
+//! * [`dispatch`]: the requests fuse-backend-rs's `Server` cannot serve
+//!   (INIT's newer flags, TMPFILE, INTERRUPT, SETXATTR_EXT), ours.
 //! * [`signals`]: SIGTERM and friends, taken by a watcher thread.
 //! * [`daemon`]: [`serve`], the whole life of one single-node mount, which
 //!   the `scoutfsd` binary and the `mount.scoutfs` helper call.
@@ -18,6 +20,7 @@
 //! * [`launch`]: forking a daemon and waiting until it has mounted.
 //! * [`options`]: scoutfs mount options.
 //! * [`helpers`]: `mount.scoutfs` and `umount.fuse.scoutfs`.
+//! * [`remount`]: `mount -o remount` (`mount.fuse.scoutfs`).
 //!
 //! docs/fuse.md describes what works through a real mount and the
 //! pjdfstest results.
@@ -27,12 +30,14 @@ pub mod attr;
 pub mod bridge;
 pub mod control;
 pub mod daemon;
+pub mod dispatch;
 pub mod fence_tree;
 pub mod filesystem;
 pub mod helpers;
 pub mod launch;
 pub mod notify;
 pub mod options;
+pub mod remount;
 pub mod session;
 pub mod signals;
 

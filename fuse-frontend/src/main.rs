@@ -4,8 +4,9 @@
 //! scoutfsd --metadev PATH --datadev PATH --mountpoint DIR [-o OPTS] [-f]
 //! ```
 //!
-//! Called as `mount.scoutfs` or `umount.fuse.scoutfs` (symlinks to this
-//! binary) it is the mount helper of [`fuse_frontend::helpers`].
+//! Called as `mount.scoutfs`, `mount.fuse.scoutfs` (what mount(8) runs
+//! for a remount) or `umount.fuse.scoutfs` (symlinks to this binary) it is
+//! the mount helper of [`fuse_frontend::helpers`].
 //!
 //! Without `-f` the daemon forks: the parent returns once the filesystem
 //! is mounted (exit 0) or the child failed (its message on stderr, its
@@ -117,6 +118,9 @@ fn main() -> ExitCode {
     let rest: Vec<String> = std::env::args().skip(1).collect();
     if name == "mount.scoutfs" {
         return code(fuse_frontend::helpers::mount_main(&rest));
+    }
+    if name == "mount.fuse.scoutfs" {
+        return code(fuse_frontend::helpers::mount_fuse_main(&rest));
     }
     if name.starts_with("umount.") {
         return code(fuse_frontend::helpers::umount_main(&rest));

@@ -15,8 +15,11 @@
 //!
 //! A downgrade from WRITE to READ revokes nothing: nobody else may change
 //! the group while we may read it. Regular files are opened with direct
-//! I/O, so no page cache needs dropping. Notifications run on a blocking
-//! pool thread, never on an engine executor thread.
+//! I/O, so only shared mappings cache pages: once the invalidation is
+//! answered (a downgrade too), [`Notifier::drop_pages`] has the kernel
+//! write back and drop them, which may block and re-enter the daemon.
+//! Notifications run on a blocking pool thread, never on an engine
+//! executor thread.
 //!
 //! [`KernelNotify`] is the other user of the device: after an operation
 //! of the control socket changed an inode outside a FUSE request, the
@@ -49,6 +52,8 @@ pub type LookupTable = Arc<Mutex<BTreeMap<u64, u64>>>;
 pub struct NotifyStats {
     pub inodes: AtomicU64,
     pub epochs: AtomicU64,
+    /// Page-cache drops after an answer ([`Notifier::drop_pages`]).
+    pub pages: AtomicU64,
     pub failures: AtomicU64,
 }
 
@@ -208,6 +213,50 @@ pub fn entry_attr_timeout(
 /// entries still carry attributes (and count as lookups).
 pub fn readdirplus_entry_timeout(_timeout: std::time::Duration) -> std::time::Duration {
     std::time::Duration::ZERO
+}
+
+impl Notifier {
+    /// After the invalidation of `range` was answered: writes back and
+    /// drops the page cache of every inode of the group the kernel holds
+    /// (`NOTIFY_INVAL_INODE(ino, 0, 0)`), so that stores into shared
+    /// mappings reach the engine and mappings fault in what other mounts
+    /// wrote. Only shared mmap of our direct-I/O files caches pages; the
+    /// kernel writes dirty ones back through WRITE requests, which take
+    /// the lock again, hence never before the answer (the revocation
+    /// would wait for itself). It blocks on folio locks: run it on the
+    /// blocking pool, detached.
+    pub fn drop_pages(&self, range: LockRange, kept: LockMode) {
+        if kept.can_write() || range.start.zone != zone::FS {
+            return;
+        }
+        let first = range.start.first;
+        let last = first | (LOCK_INODE_GROUP_NR - 1);
+        let inos: Vec<u64> = self
+            .lookups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .range(first..=last)
+            .filter(|(i, n)| **n > 0 && **i != ROOT_INO)
+            .map(|(i, _)| *i)
+            .collect();
+        for ino in inos {
+            let mut msg = Vec::with_capacity(40);
+            msg.extend_from_slice(&header(40, NOTIFY_INVAL_INODE));
+            msg.extend_from_slice(&ino.to_le_bytes());
+            // Offset 0, length 0: every page of the file.
+            msg.extend_from_slice(&0i64.to_le_bytes());
+            msg.extend_from_slice(&0i64.to_le_bytes());
+            match self.write(&msg) {
+                Ok(()) => {
+                    self.stats.pages.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(_) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
 }
 
 /// Sends notifications on a mount's /dev/fuse connection.

@@ -51,8 +51,22 @@ impl ScoutfsOptions {
 
     /// Parses a `-o` string.
     pub fn parse(opts: &str) -> Result<ScoutfsOptions, String> {
-        let mut o = ScoutfsOptions::new(PathBuf::new());
-        let mut have_meta = false;
+        let (o, given) = ScoutfsOptions::parse_over(ScoutfsOptions::new(PathBuf::new()), opts)?;
+        if !given.contains(&"metadev_path") {
+            return Err("the metadev_path=PATH mount option is required".into());
+        }
+        Ok(o)
+    }
+
+    /// Applies the scoutfs options of `opts` to `base`, checked as at
+    /// mount time (a remount's new values): the result and the names of
+    /// the scoutfs options given (`acl` for acl/noacl).
+    pub fn parse_over(
+        base: ScoutfsOptions,
+        opts: &str,
+    ) -> Result<(ScoutfsOptions, Vec<&'static str>), String> {
+        let mut o = base;
+        let mut given = Vec::new();
         for opt in opts.split(',').filter(|s| !s.is_empty()) {
             let (name, val) = match opt.split_once('=') {
                 Some((n, v)) => (n, Some(v)),
@@ -68,36 +82,67 @@ impl ScoutfsOptions {
                 }
                 Ok(n)
             };
-            match name {
+            let known = match name {
                 "metadev_path" => {
                     let v = val
                         .filter(|v| !v.is_empty())
                         .ok_or_else(|| "option 'metadev_path' needs a device path".to_string())?;
                     o.metadev_path = PathBuf::from(v);
-                    have_meta = true;
+                    "metadev_path"
                 }
                 "quorum_slot_nr" => {
-                    o.quorum_slot_nr = Some(num(0, QUORUM_SLOTS as u64 - 1)? as u32)
+                    o.quorum_slot_nr = Some(num(0, QUORUM_SLOTS as u64 - 1)? as u32);
+                    "quorum_slot_nr"
                 }
-                "acl" if val.is_none() => o.acl = true,
-                "noacl" if val.is_none() => o.acl = false,
-                "data_prealloc_blocks" => o.data_prealloc_blocks = num(0, u64::MAX)?,
-                "data_prealloc_contig_only" => o.data_prealloc_contig_only = num(0, 1)? == 1,
-                "ino_alloc_per_lock" => o.ino_alloc_per_lock = num(1, 1024)?,
-                "lock_idle_count" => o.lock_idle_count = num(32, 100_000)?,
-                "log_merge_wait_timeout_ms" => o.log_merge_wait_timeout_ms = num(100, 60_000)?,
-                "orphan_scan_delay_ms" => o.orphan_scan_delay_ms = num(100, 60_000)?,
-                "quorum_heartbeat_timeout_ms" => o.quorum_heartbeat_timeout_ms = num(2000, 60_000)?,
-                "tcp_keepalive_timeout_ms" => o.tcp_keepalive_timeout_ms = num(3001, u64::MAX)?,
-                _ if val.is_none() && is_vfs_option(name) => {}
-                _ if name.starts_with("x-") => {}
+                "acl" if val.is_none() => {
+                    o.acl = true;
+                    "acl"
+                }
+                "noacl" if val.is_none() => {
+                    o.acl = false;
+                    "acl"
+                }
+                "data_prealloc_blocks" => {
+                    o.data_prealloc_blocks = num(0, u64::MAX)?;
+                    "data_prealloc_blocks"
+                }
+                "data_prealloc_contig_only" => {
+                    o.data_prealloc_contig_only = num(0, 1)? == 1;
+                    "data_prealloc_contig_only"
+                }
+                "ino_alloc_per_lock" => {
+                    o.ino_alloc_per_lock = num(1, 1024)?;
+                    "ino_alloc_per_lock"
+                }
+                "lock_idle_count" => {
+                    o.lock_idle_count = num(32, 100_000)?;
+                    "lock_idle_count"
+                }
+                "log_merge_wait_timeout_ms" => {
+                    o.log_merge_wait_timeout_ms = num(100, 60_000)?;
+                    "log_merge_wait_timeout_ms"
+                }
+                "orphan_scan_delay_ms" => {
+                    o.orphan_scan_delay_ms = num(100, 60_000)?;
+                    "orphan_scan_delay_ms"
+                }
+                "quorum_heartbeat_timeout_ms" => {
+                    o.quorum_heartbeat_timeout_ms = num(2000, 60_000)?;
+                    "quorum_heartbeat_timeout_ms"
+                }
+                "tcp_keepalive_timeout_ms" => {
+                    o.tcp_keepalive_timeout_ms = num(3001, u64::MAX)?;
+                    "tcp_keepalive_timeout_ms"
+                }
+                _ if val.is_none() && is_vfs_option(name) => continue,
+                _ if name.starts_with("x-") => continue,
                 _ => return Err(format!("unknown mount option '{opt}'")),
+            };
+            if !given.contains(&known) {
+                given.push(known);
             }
         }
-        if !have_meta {
-            return Err("the metadev_path=PATH mount option is required".into());
-        }
-        Ok(o)
+        Ok((o, given))
     }
 
     /// `(file name, value)` for the status tree's `mount_options/`, as the

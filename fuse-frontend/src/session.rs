@@ -15,15 +15,17 @@
 //! (unmount: the device read fails with ENODEV) or [`FuseSession::wake`]
 //! is called.
 //!
-//! FUSE_INTERRUPT (which fuse-backend-rs drops) is taken off the channel
-//! here and handed to the filesystem's [`OnInterrupt`]; every other
-//! request's unique id is published to the filesystem for the duration of
-//! its handling ([`crate::filesystem::set_current_request`]), so an
-//! operation that waits (for offline data) can be interrupted — a reader
-//! killed with SIGKILL stays in the kernel until its request is answered.
+//! Each request's header is peeked first: the opcodes fuse-backend-rs's
+//! `Server` cannot serve (INIT's newer flags, TMPFILE, INTERRUPT, the
+//! long SETXATTR) go to [`crate::dispatch`], the rest to the `Server`.
+//! Every request's unique id is published to the filesystem for the
+//! duration of its handling ([`crate::filesystem::set_current_request`]),
+//! so an operation that waits (for offline data) can be interrupted by
+//! FUSE_INTERRUPT — a reader killed with SIGKILL stays in the kernel until
+//! its request is answered.
 //!
-//! Touches the kernel (mount(2), umount2(2), /dev/fuse) and the FUSE
-//! server; nothing of the engine.
+//! Touches the kernel (mount(2), umount2(2), /dev/fuse), the FUSE server
+//! and our dispatch; nothing of the engine.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -39,7 +41,8 @@ use std::thread::JoinHandle;
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::FuseSession;
 
-use crate::filesystem::{OnInterrupt, ScoutFuse};
+use crate::dispatch::{Dispatch, Handled};
+use crate::filesystem::ScoutFuse;
 
 /// Bytes of one request buffer: fuse-backend-rs's session buffer (256
 /// pages and a header page). The kernel is told `max_read` of that size so
@@ -171,8 +174,8 @@ pub const WORKERS_MAX: usize = 256;
 /// What every worker of a session shares.
 struct Pool {
     session: Arc<FuseSession>,
-    server: Arc<Server<ScoutFuse>>,
-    on_interrupt: OnInterrupt,
+    server: Arc<Server<Arc<ScoutFuse>>>,
+    dispatch: Dispatch,
     /// Workers started, and workers inside a request.
     started: AtomicUsize,
     busy: AtomicUsize,
@@ -224,18 +227,18 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `count` threads serving `session` with `server`; more start
-    /// while all are busy (up to [`WORKERS_MAX`]).
+    /// Starts `count` threads serving `session` with `fs` (through our
+    /// dispatch and fuse-backend-rs's `Server`); more start while all are
+    /// busy (up to [`WORKERS_MAX`]).
     pub fn start(
         session: Arc<FuseSession>,
-        server: Arc<Server<ScoutFuse>>,
+        fs: Arc<ScoutFuse>,
         count: usize,
-        on_interrupt: OnInterrupt,
     ) -> io::Result<Workers> {
         let pool = Arc::new(Pool {
             session,
-            server,
-            on_interrupt,
+            server: Arc::new(Server::new(fs.clone())),
+            dispatch: Dispatch::new(fs),
             started: AtomicUsize::new(0),
             busy: AtomicUsize::new(0),
             threads: Mutex::new(Vec::new()),
@@ -272,24 +275,21 @@ impl Workers {
 }
 
 fn serve_channel(ch: &mut fuse_backend_rs::transport::FuseChannel, pool: &Arc<Pool>) {
-    let (server, on_interrupt) = (&pool.server, &pool.on_interrupt);
-    use fuse_backend_rs::abi::fuse_abi::{InHeader, InterruptIn, Opcode};
+    use fuse_backend_rs::abi::fuse_abi::InHeader;
     use fuse_backend_rs::Error as FuseError;
     loop {
         match ch.get_request() {
-            Ok(Some((reader, writer))) => {
+            Ok(Some((reader, mut writer))) => {
                 let mut peek = reader.clone();
-                let unique = match peek.read_obj::<InHeader>() {
-                    Ok(h) if h.opcode == Opcode::Interrupt as u32 => {
-                        // No reply: the interrupted request answers.
-                        if let Ok(i) = peek.read_obj::<InterruptIn>() {
-                            on_interrupt(i.unique);
-                        }
+                let header = peek.read_obj::<InHeader>().ok();
+                let ours = header.filter(|h| pool.dispatch.wants(h));
+                if let Some(h) = &ours {
+                    if h.opcode == fuse_backend_rs::abi::fuse_abi::Opcode::Interrupt as u32 {
+                        // Quick and without a reply: not counted as busy.
+                        let _ = pool.dispatch.handle(h, peek, &mut writer);
                         continue;
                     }
-                    Ok(h) => h.unique,
-                    Err(_) => 0,
-                };
+                }
                 let busy = pool.busy.fetch_add(1, Ordering::AcqRel) + 1;
                 if busy >= pool.started.load(Ordering::Acquire) {
                     // Every worker is inside a request (some may wait for
@@ -298,12 +298,25 @@ fn serve_channel(ch: &mut fuse_backend_rs::transport::FuseChannel, pool: &Arc<Po
                         eprintln!("scoutfsd: starting a FUSE worker failed: {e}");
                     }
                 }
-                crate::filesystem::set_current_request(unique);
-                let handled = server.handle_message(reader, writer.into(), None, None);
+                crate::filesystem::set_current_request(header.map_or(0, |h| h.unique));
+                let handled = match &ours {
+                    Some(h) => match pool.dispatch.handle(h, peek, &mut writer) {
+                        Ok(Handled::Done) => Ok(()),
+                        Ok(Handled::PassOn) => pool
+                            .server
+                            .handle_message(reader, writer.into(), None, None)
+                            .map(|_| ()),
+                        Err(e) => Err(FuseError::EncodeMessage(e)),
+                    },
+                    None => pool
+                        .server
+                        .handle_message(reader, writer.into(), None, None)
+                        .map(|_| ()),
+                };
                 crate::filesystem::set_current_request(0);
                 pool.busy.fetch_sub(1, Ordering::AcqRel);
                 match handled {
-                    Ok(_) => {}
+                    Ok(()) => {}
                     // The kernel no longer waits for this reply (the
                     // request was interrupted or the connection ended).
                     Err(FuseError::EncodeMessage(e))

@@ -4,8 +4,11 @@
 //! chmod rewrites the mask, an ACL the mode expresses is stored as the mode
 //! only; a directory's default ACL is inherited by new files (narrowed by
 //! the create mode, umask ignored) and new directories (default copied),
-//! while outside such a directory the umask applies. With `noacl` the ACL
-//! xattrs are refused and the umask still applies.
+//! while outside such a directory the umask applies. Setting an access
+//! ACL clears S_ISGID when the caller is outside the file's group and
+//! lacks CAP_FSETID (FUSE_SETXATTR_EXT's ACL_KILL_SGID), as on a local
+//! filesystem. With `noacl` the ACL xattrs are refused and the umask
+//! still applies.
 //!
 //! Needs root, /dev/fuse, `setfacl`/`getfacl` and `setpriv`; skipped
 //! otherwise.
@@ -163,6 +166,45 @@ fn acls_enforced_and_inherited() {
 
     d.unmount();
     v.assert_clean("after the ACL test");
+}
+
+#[test]
+fn setfacl_clears_sgid_outside_the_group() {
+    if skip_without_fuse("setfacl_clears_sgid_outside_the_group")
+        || tools_missing("setfacl_clears_sgid_outside_the_group")
+    {
+        return;
+    }
+    let v = Volume::new();
+    let d = Daemon::start(&v);
+    std::fs::set_permissions(&v.mnt, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sgid_file = |name: &str, gid: u32| {
+        let f = v.mnt.join(name);
+        std::fs::write(&f, b"x").unwrap();
+        std::os::unix::fs::chown(&f, Some(NOBODY), Some(gid)).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o2770)).unwrap();
+        assert_eq!(mode_of(&f), 0o2770);
+        f
+    };
+    // nobody owns it, but the group is root's: S_ISGID goes.
+    let other = sgid_file("other-group", 0);
+    let cmd = format!("setfacl -m u::rwx,g::r-x,o::- {}", s(&other));
+    ok(as_nobody(&cmd), "setfacl as owner outside the group");
+    assert_eq!(mode_of(&other), 0o750, "S_ISGID kept outside the group");
+    // In the file's group: S_ISGID stays (also with a named entry).
+    let own = sgid_file("own-group", NOBODY);
+    let cmd = format!("setfacl -m u:root:r {}", s(&own));
+    ok(as_nobody(&cmd), "setfacl as owner in the group");
+    assert_eq!(mode_of(&own), 0o2770, "S_ISGID cleared inside the group");
+    // root (CAP_FSETID) outside the group: stays.
+    let rooted = sgid_file("by-root", 4242);
+    ok(
+        run("setfacl", &["-m", "u::rwx,g::r-x,o::-", s(&rooted)]),
+        "setfacl as root",
+    );
+    assert_eq!(mode_of(&rooted), 0o2750, "root lost S_ISGID");
+    d.unmount();
+    v.assert_clean("after the SGID rule");
 }
 
 #[test]

@@ -1,17 +1,17 @@
 //! Data integrity through a real mount: fsx (the `fsx` crate, fsx-rs,
 //! TESTING.md §2) on files of a fresh `scoutfsd` mount, three seeds, each
-//! once with ordinary opens and once with O_DIRECT opens, then `check`
-//! clean after unmounting.
+//! once with ordinary opens and once with O_DIRECT opens, and one seed
+//! with mmap reads and writes among the operations, then `check` clean
+//! after unmounting.
 //!
 //! fsx keeps a model of the file in memory and checks every read (and the
 //! size after every operation) against it: any miscompare fails the run.
 //! The operations are pread/pwrite, ftruncate, close/reopen, fsync,
 //! fdatasync, posix_fallocate, sendfile, posix_fadvise and
-//! copy_file_range. mmap reads and writes are off: fsx maps MAP_SHARED,
-//! which a FUSE file opened with FOPEN_DIRECT_IO refuses with ENODEV unless
-//! FUSE_DIRECT_IO_ALLOW_MMAP is negotiated, and fuse-backend-rs 0.14 cannot
-//! (docs/fuse.md). Hole punching is off: the mount answers EOPNOTSUPP for
-//! fallocate modes other than 0 and KEEP_SIZE.
+//! copy_file_range; the mmap run adds mapread, mapwrite (MAP_SHARED, of
+//! our FOPEN_DIRECT_IO files: FUSE_DIRECT_IO_ALLOW_MMAP, docs/fuse.md) and
+//! invalidate (msync MS_INVALIDATE). Hole punching is off: the mount
+//! answers EOPNOTSUPP for fallocate modes other than 0 and KEEP_SIZE.
 //!
 //! fsx-rs has no O_DIRECT option, so the direct runs put a small
 //! LD_PRELOAD shim (built here with `cc`) in front of it that adds
@@ -41,9 +41,12 @@ const OPS_DEFAULT: u64 = 20_000;
 const META_BYTES: u64 = 1 << 30;
 const DATA_BYTES: u64 = 1 << 30;
 
-/// fsx.toml: everything the mount supports except mmap (see above). The
-/// file grows to 2 MiB so that writes and truncates cross the engine's
-/// 1 MiB per-hold write step.
+/// The seed of the run with mmap operations.
+const MMAP_SEED: u64 = 777;
+
+/// fsx.toml of the six runs: everything the mount supports but mmap
+/// (the seventh run's, [`mmap_config`]). The file grows to 2 MiB so that
+/// writes and truncates cross the engine's 1 MiB per-hold write step.
 const CONFIG: &str = r#"flen = 2097152
 [opsize]
 max = 65536
@@ -65,6 +68,14 @@ sendfile = 1
 posix_fadvise = 1
 copy_file_range = 1
 "#;
+
+/// [`CONFIG`] with mmap reads, mmap writes and msync(MS_INVALIDATE) on.
+fn mmap_config() -> String {
+    CONFIG
+        .replace("mapread = 0", "mapread = 5")
+        .replace("mapwrite = 0", "mapwrite = 5")
+        .replace("invalidate = 0", "invalidate = 1")
+}
 
 /// Adds O_DIRECT to every open of `$FSX_DIRECT_PATH` and appends a line to
 /// `$FSX_DIRECT_MARK` each time, so the test can tell it took effect.
@@ -174,6 +185,8 @@ fn run_fsx(
     let out = cmd.output().expect("run fsx");
     let mode = if shim.is_some() {
         "O_DIRECT"
+    } else if file.extension().is_some_and(|e| e == "mmap") {
+        "with mmap"
     } else {
         "buffered"
     };
@@ -199,13 +212,13 @@ fn run_fsx(
 }
 
 #[test]
-fn fsx_three_seeds_buffered_and_direct() {
-    if skip_without_fuse("fsx_three_seeds_buffered_and_direct") {
+fn fsx_seeds_buffered_direct_and_mmap() {
+    if skip_without_fuse("fsx_seeds_buffered_direct_and_mmap") {
         return;
     }
     let Some(fsx) = find_tool("fsx", "SCOUTFS_FSX") else {
         eprintln!(
-            "SKIPPED fsx_three_seeds_buffered_and_direct: no fsx binary \
+            "SKIPPED fsx_seeds_buffered_direct_and_mmap: no fsx binary \
              (cargo install fsx, or set SCOUTFS_FSX)"
         );
         return;
@@ -215,19 +228,28 @@ fn fsx_three_seeds_buffered_and_direct() {
     let shim = match build_shim(work.path()) {
         Ok(lib) => lib,
         Err(why) => {
-            eprintln!("SKIPPED fsx_three_seeds_buffered_and_direct: {why}");
+            eprintln!("SKIPPED fsx_seeds_buffered_direct_and_mmap: {why}");
             return;
         }
     };
     let conf = work.path().join("fsx.toml");
     std::fs::write(&conf, CONFIG).expect("fsx.toml");
+    let mmap_conf = work.path().join("fsx-mmap.toml");
+    std::fs::write(&mmap_conf, mmap_config()).expect("fsx-mmap.toml");
 
     let v = Volume::new_sized(&fast_dir(), META_BYTES, DATA_BYTES);
     let d = Daemon::start(&v);
-    // The six runs go side by side (each on its own file): the mount
+    // The seven runs go side by side (each on its own file): the mount
     // serves concurrent requests, and CI has two cores to fill.
     std::thread::scope(|s| {
         let mut runs = Vec::new();
+        let (fsx_bin, mmap_conf) = (&fsx, &mmap_conf);
+        let artifacts = work.path().join("mmap");
+        std::fs::create_dir(&artifacts).expect("artifacts dir");
+        let file = v.mnt.join(format!("fsx.{MMAP_SEED}.mmap"));
+        runs.push(s.spawn(move || {
+            run_fsx(fsx_bin, mmap_conf, &artifacts, &file, MMAP_SEED, ops, None);
+        }));
         for seed in SEEDS {
             for direct in [false, true] {
                 let tag = if direct { "direct" } else { "buffered" };

@@ -4,10 +4,12 @@
 //! refused while busy and otherwise returns only after the daemon has
 //! committed, said farewell and exited; `umount -f` kills the daemon
 //! without a farewell; after `kill -9` of the daemon a plain mount comes
-//! up on its own with fsync'd files intact.
+//! up on its own with fsync'd files intact. `mount -o remount` switches
+//! ro/rw and refuses changes of scoutfs options, naming them.
 //!
 //! mount(8) and umount(8) look for helpers in /sbin only, so each test
-//! installs `/sbin/mount.scoutfs` and `/sbin/umount.fuse.scoutfs` as
+//! installs `/sbin/mount.scoutfs`, `/sbin/mount.fuse.scoutfs` and
+//! `/sbin/umount.fuse.scoutfs` as
 //! symlinks to this build's `scoutfsd` and removes them when it ends (the
 //! tests run one at a time). Needs root and /dev/fuse; skipped otherwise,
 //! and also when those helpers already exist and are not symlinks to us.
@@ -29,7 +31,11 @@ use fuse_frontend::control::client::Client;
 use fuse_frontend::control::sock;
 use support::{mount_entry, skip_without_fuse, Volume, SCOUTFSD};
 
-const HELPERS: [&str; 2] = ["/sbin/mount.scoutfs", "/sbin/umount.fuse.scoutfs"];
+const HELPERS: [&str; 3] = [
+    "/sbin/mount.scoutfs",
+    "/sbin/mount.fuse.scoutfs",
+    "/sbin/umount.fuse.scoutfs",
+];
 
 /// One test at a time owns /sbin's helpers.
 static SBIN: Mutex<()> = Mutex::new(());
@@ -342,4 +348,97 @@ fn a_mount_whose_helper_dies_leaves_nothing_mounted() {
         }
     }
     v.assert_clean("after killed helpers");
+}
+
+fn remount(dir: &Path, opts: &str) -> Output {
+    Command::new("mount")
+        .args(["-o", &format!("remount,{opts}")])
+        .arg(dir)
+        .output()
+        .expect("run mount -o remount")
+}
+
+fn mount_opts(dir: &Path) -> String {
+    let e = mount_entry(dir).expect("mounted");
+    e.split_whitespace().nth(3).unwrap_or_default().to_string()
+}
+
+#[test]
+fn remount_switches_ro_rw_and_refuses_option_changes() {
+    let Some(_h) = Installed::new("remount_switches_ro_rw_and_refuses_option_changes") else {
+        return;
+    };
+    let v = Volume::new();
+    let _c = Cleanup(v.mnt.clone());
+    let out = mount(&v, &format!("{},lock_idle_count=100", meta_opt(&v)));
+    assert!(out.status.success(), "{out:?}");
+    let f = v.mnt.join("f");
+    fs::write(&f, b"before").unwrap();
+
+    // Read-only: writes fail with EROFS, reads work; then back to rw.
+    let out = remount(&v.mnt, "ro");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        mount_opts(&v.mnt).starts_with("ro,"),
+        "{}",
+        mount_opts(&v.mnt)
+    );
+    let e = fs::write(&f, b"ro").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(fs::read(&f).unwrap(), b"before");
+    // The control socket's changes are refused too (quota rules need no
+    // file opened for writing); read-only requests still work.
+    let client = Client::for_path(&v.mnt).unwrap();
+    let rule = [0u8; fuse_frontend::control::proto::QUOTA_RULE_BYTES];
+    let e = client.quota_change(&rule, true).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    client.statfs().unwrap();
+    let out = remount(&v.mnt, "rw");
+    assert!(out.status.success(), "{out:?}");
+    assert!(mount_opts(&v.mnt).starts_with("rw,"));
+    fs::write(&f, b"after").unwrap();
+    // Writable again: the same rule goes in, and out.
+    client.quota_change(&rule, true).unwrap();
+    client.quota_change(&rule, false).unwrap();
+
+    // Busy: no read-only remount while a file is open for writing.
+    let w = fs::OpenOptions::new().write(true).open(&f).unwrap();
+    let out = remount(&v.mnt, "ro");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("busy"), "{out:?}");
+    drop(w);
+
+    // scoutfs options: the mounted value is fine, another one is not.
+    let out = remount(&v.mnt, "lock_idle_count=100,acl,quorum_slot_nr=0");
+    assert!(out.status.success(), "{out:?}");
+    for (opt, want) in [
+        (
+            "lock_idle_count=200",
+            "mount.fuse.scoutfs: option 'lock_idle_count=200' cannot be changed by remount \
+             (mounted with lock_idle_count=100)",
+        ),
+        (
+            "noacl",
+            "mount.fuse.scoutfs: option 'noacl' cannot be changed by remount (mounted with acl)",
+        ),
+        (
+            "lock_idle_count=5",
+            "mount.fuse.scoutfs: lock_idle_count value 5 is out of range (32..=100000)",
+        ),
+        (
+            "bogus=1",
+            "mount.fuse.scoutfs: unknown mount option 'bogus=1'",
+        ),
+    ] {
+        let out = remount(&v.mnt, &format!("ro,{opt}"));
+        assert_eq!(out.status.code(), Some(32), "{opt}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{opt}: {err}");
+        // Nothing changed, not even the ro that came with it.
+        assert!(mount_opts(&v.mnt).starts_with("rw,"), "{opt}");
+    }
+    assert!(umount(&[], &v.mnt).status.success());
+    wait_released(&v);
+    v.assert_clean("after remounts");
 }

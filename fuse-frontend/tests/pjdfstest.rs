@@ -5,10 +5,11 @@
 //! The whole suite takes a few seconds, so it always runs in full (398
 //! cases): one run with `allow_remount = false`, where the 13 EROFS cases
 //! skip, then the EROFS cases on their own with remounts allowed. Those
-//! remount with `mount -o remount,ro`, which mount(8) hands to a
-//! `mount.fuse.scoutfs` helper that does not exist yet (it comes with the
-//! mount helper), so a `mount` shim earlier in PATH adds `-i` (no helper:
-//! the kernel remounts FUSE read-only by itself). They run on their own
+//! remount with `mount -o remount,ro`, which mount(8) hands to our
+//! `/sbin/mount.fuse.scoutfs` helper, installed as a symlink to this
+//! build's `scoutfsd` for that run (if another file holds the name, a
+//! `mount` shim earlier in PATH adds `-i` instead: no helper, the kernel
+//! remounts FUSE read-only by itself). They run on their own
 //! because pjdfstest leaves a file open for writing in an earlier open()
 //! case, which makes a read-only remount EBUSY on any filesystem (tmpfs
 //! too). `link::link_count_max` skips: FUSE reports no LINK_MAX.
@@ -26,7 +27,33 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::{skip_without_fuse, Daemon, Volume};
+use support::{skip_without_fuse, Daemon, Volume, SCOUTFSD};
+
+/// What mount(8) runs for `mount -o remount` of a `fuse.scoutfs` mount.
+const REMOUNT_HELPER: &str = "/sbin/mount.fuse.scoutfs";
+
+/// The remount helper, installed for as long as this lives (None when
+/// the name is taken by something else).
+struct Helper;
+
+impl Helper {
+    fn install() -> Option<Helper> {
+        match std::fs::read_link(REMOUNT_HELPER) {
+            Ok(t) if t == Path::new(SCOUTFSD) => Some(Helper),
+            Err(_) if std::fs::symlink_metadata(REMOUNT_HELPER).is_err() => {
+                std::os::unix::fs::symlink(SCOUTFSD, REMOUNT_HELPER).ok()?;
+                Some(Helper)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(REMOUNT_HELPER);
+    }
+}
 
 /// The least the main run must pass (398 cases, 14 of them skipped here).
 const PASSED_MIN: u64 = 384;
@@ -89,7 +116,8 @@ fn run(bin: &Path, work: &Path, dir: &Path, remount: bool, filter: &[String]) ->
     std::fs::write(&conf, CONFIG.replace("REMOUNT", &remount.to_string())).unwrap();
     let secondary = work.join("secondary");
     std::fs::create_dir_all(&secondary).unwrap();
-    let shim = work.join("shim");
+    let helper = if remount { Helper::install() } else { None };
+    let shim = work.join(if helper.is_some() { "no-shim" } else { "shim" });
     std::fs::create_dir_all(&shim).unwrap();
     let path = std::env::var_os("PATH").unwrap_or_default();
     let real_mount = std::env::split_paths(&path)
@@ -103,6 +131,10 @@ fn run(bin: &Path, work: &Path, dir: &Path, remount: bool, filter: &[String]) ->
     )
     .unwrap();
     std::fs::set_permissions(&mount, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if helper.is_some() {
+        // mount(8) itself, and through it our helper.
+        std::fs::remove_file(&mount).unwrap();
+    }
     let mut paths = vec![shim.clone()];
     paths.extend(std::env::split_paths(&path).filter(|p| p != &shim));
     let out = Command::new(bin)

@@ -1,47 +1,43 @@
-//! O_TMPFILE on this kernel through our FUSE mount (docs/fuse.md): the
-//! kernel (6.x) sends FUSE_TMPFILE (opcode 51), which fuse-backend-rs 0.14
-//! does not dispatch (it answers ENOSYS), so the kernel reports EOPNOTSUPP
-//! and remembers not to ask again. This probe pins that behaviour: a clean
-//! EOPNOTSUPP (what programs such as `cp` and `systemd` fall back on), the
-//! mount unharmed afterwards. If a newer fuse-backend-rs starts passing
-//! the op through, this test fails and O_TMPFILE can be built.
-//!
-//! Needs root and /dev/fuse; skipped otherwise.
-
-// A test drives real processes and mounts with real time and threads.
+//! Pins the kernel behaviour O_TMPFILE relies on (docs/fuse.md): this
+//! kernel (6.x) sends FUSE_TMPFILE (opcode 51) for `open(dir, O_TMPFILE)`
+//! and takes an `entry_out` + `open_out` answer as an open, unnamed file;
+//! `linkat(AT_EMPTY_PATH)` then names it (FUSE_LINK of an nlink-0 inode
+//! the kernel marked linkable). Needs root and /dev/fuse.
 #![allow(clippy::disallowed_methods)]
 
 mod support;
 
 use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 
 use support::{skip_without_fuse, Daemon, Volume};
 
 #[test]
-fn o_tmpfile_is_a_clean_eopnotsupp() {
-    if skip_without_fuse("o_tmpfile_is_a_clean_eopnotsupp") {
+fn o_tmpfile_opens_and_linkat_names_it() {
+    if skip_without_fuse("o_tmpfile_opens_and_linkat_names_it") {
         return;
     }
     let v = Volume::new();
     let d = Daemon::start(&v);
-    let dir = CString::new(v.mnt.as_os_str().as_bytes()).unwrap();
-    for _ in 0..2 {
-        // SAFETY: open with a valid NUL-terminated path; the fd is closed.
-        let fd = unsafe { libc::open(dir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR, 0o600) };
-        let err = std::io::Error::last_os_error();
-        if fd >= 0 {
-            // SAFETY: closing the descriptor just opened.
-            unsafe { libc::close(fd) };
-        }
-        assert_eq!(fd, -1, "O_TMPFILE now works: build it (docs/fuse.md)");
-        assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP), "{err}");
-    }
-    std::fs::write(v.mnt.join("after"), b"still serving").unwrap();
-    assert_eq!(
-        std::fs::read(v.mnt.join("after")).unwrap(),
-        b"still serving"
-    );
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(&v.mnt)
+        .expect("O_TMPFILE");
+    f.write_all(b"unnamed").unwrap();
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    let name = CString::new(v.mnt.join("named").as_os_str().as_bytes()).unwrap();
+    let (fd, cwd, empty) = (f.as_raw_fd(), libc::AT_FDCWD, libc::AT_EMPTY_PATH);
+    // SAFETY: valid descriptor and paths; "" with AT_EMPTY_PATH names `fd`.
+    let r = unsafe { libc::linkat(fd, c"".as_ptr(), cwd, name.as_ptr(), empty) };
+    assert_eq!(r, 0, "linkat: {}", std::io::Error::last_os_error());
+    assert_eq!(f.metadata().unwrap().nlink(), 1);
+    drop(f);
+    assert_eq!(std::fs::read(v.mnt.join("named")).unwrap(), b"unnamed");
     d.unmount();
-    v.assert_clean("after the O_TMPFILE probe");
+    v.assert_clean("after O_TMPFILE");
 }

@@ -321,6 +321,10 @@ impl Fs {
         let hold = self.hold(true).await?;
         let mut b = Batch::new(self);
         self.load_dir(&mut b, parent).await?;
+        // An unnamed inode counts against the INODE quota rules like a
+        // named one (the original checks in its create hold).
+        let parent_inode = *b.inode(parent);
+        self.quota_check_create(ctx, &parent_inode).await?;
         self.new_inode(&mut b, ctx, ino, parent, (mode, 0), now)?;
         b.inode(ino).nlink = 0.into();
         b.store_all().await?;

@@ -254,6 +254,18 @@ impl Daemon {
     }
 }
 
+/// Two mounts of one one-slot volume (images on [`fast_dir`]): the first
+/// holds quorum slot 0 and serves, the second is its client.
+pub fn two_mounts() -> (Volume, Daemon, Daemon) {
+    let v = Volume::new_with_slots(&fast_dir(), 2 << 30, 16 << 30, 1);
+    let (ma, mb) = (v.dir.path().join("a"), v.dir.path().join("b"));
+    std::fs::create_dir(&ma).expect("mount point");
+    std::fs::create_dir(&mb).expect("mount point");
+    let a = Daemon::start_on(&v, &ma, Some("quorum_slot_nr=0"));
+    let b = Daemon::start_on(&v, &mb, None);
+    (v, a, b)
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
