@@ -80,13 +80,13 @@ fi
 if [ -n "$can_mount" ]; then
   how=scoutfsd
   helpers_ok=yes
-  for h in /sbin/mount.scoutfs /sbin/umount.fuse.scoutfs; do
+  for h in /sbin/mount.scoutfs /sbin/umount.fuse.scoutfs /sbin/mount.fuse.scoutfs; do
     if [ -e "$h" ] || [ -L "$h" ]; then
       [ "$(readlink "$h")" = "$scoutfsd" ] || helpers_ok=""
     fi
   done
   if [ -n "$helpers_ok" ] && [ -w /sbin/ ]; then
-    for h in /sbin/mount.scoutfs /sbin/umount.fuse.scoutfs; do
+    for h in /sbin/mount.scoutfs /sbin/umount.fuse.scoutfs /sbin/mount.fuse.scoutfs; do
       if ! [ -L "$h" ]; then
         ln -s "$scoutfsd" "$h"
         installed+=("$h")

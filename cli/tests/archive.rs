@@ -14,9 +14,10 @@
 //! * Stubs (`setattr`), `punch-offline`, `move-blocks` errors, `get-fiemap`
 //!   offline flags, and the status-tree counters.
 //!
-//! Every role names the mount it works through (`Roles`): today all are the
-//! one mount; with cluster coherence the writer, reader and stager become
-//! three mounts of one volume without changing the steps.
+//! Every role names the mount it works through (`Roles`): the cycle and the
+//! blocked-reader tests run once on one mount and once with the writer,
+//! stager and reader on three mounts of one volume (issue 8's cluster
+//! acceptance: a read on mount 2 blocks until mount 1 stages).
 //!
 //! Needs root and /dev/fuse: without them each test prints `SKIPPED …`.
 
@@ -40,7 +41,7 @@ use support::*;
 /// How long a condition may take to show (a generous bound, not a timing).
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// The mount each role works through (one mount for now; see above).
+/// The mount each role works through.
 struct Roles {
     writer: PathBuf,
     reader: PathBuf,
@@ -53,6 +54,15 @@ impl Roles {
             writer: v.mnt.clone(),
             reader: v.mnt.clone(),
             stager: v.mnt.clone(),
+        }
+    }
+
+    /// Writer, stager and reader on mounts 0, 1 and 2 of one volume.
+    fn three(c: &Cluster) -> Roles {
+        Roles {
+            writer: c.mnts[0].clone(),
+            stager: c.mnts[1].clone(),
+            reader: c.mnts[2].clone(),
         }
     }
 }
@@ -116,7 +126,22 @@ fn released_files_block_readers_until_staged_with_the_same_data_version() {
         return;
     }
     let mut v = Mounted::new();
-    let r = Roles::single(&v);
+    archive_cycle(&Roles::single(&v));
+    v.unmount();
+}
+
+#[test]
+fn archive_cycle_across_three_mounts() {
+    if skip("archive_cycle_across_three_mounts") {
+        return;
+    }
+    let mut c = Cluster::new();
+    archive_cycle(&Roles::three(&c));
+    c.unmount();
+}
+
+/// Write, find, release, block a reader, stage (stale first), compare.
+fn archive_cycle(r: &Roles) {
     let archive = tempfile::tempdir().unwrap();
     // The writer's files: whole blocks, a partial last block, one block.
     let sizes = [64 * 4096, 5 * 4096 + 17, 4096];
@@ -208,12 +233,11 @@ fn released_files_block_readers_until_staged_with_the_same_data_version() {
         assert_eq!(stat_field(p, "data_version"), dvs[i]);
     }
     wait_for("the counters", || {
-        counter(&v.mnt, "data_wait") >= 1
-            && counter(&v.mnt, "release") == 3
-            && counter(&v.mnt, "stage") >= 3
-            && counter(&v.mnt, "data_wait_woken") >= 1
+        counter(&r.reader, "data_wait") >= 1
+            && counter(&r.writer, "release") == 3
+            && counter(&r.stager, "stage") >= 1
+            && counter(&r.reader, "data_wait_woken") >= 1
     });
-    v.unmount();
 }
 
 #[test]
@@ -222,7 +246,23 @@ fn blocked_readers_fail_with_data_wait_err_and_can_be_killed() {
         return;
     }
     let mut v = Mounted::new();
-    let r = Roles::single(&v);
+    blocked_readers(&Roles::single(&v));
+    v.unmount();
+}
+
+#[test]
+fn blocked_readers_on_another_mount_fail_with_data_wait_err_and_can_be_killed() {
+    if skip("blocked_readers_on_another_mount_fail_with_data_wait_err_and_can_be_killed") {
+        return;
+    }
+    let mut c = Cluster::new();
+    blocked_readers(&Roles::three(&c));
+    c.unmount();
+}
+
+/// data-wait-err fails a blocked reader with EIO; a blocked reader can be
+/// killed; a blocked writer waits too.
+fn blocked_readers(r: &Roles) {
     let p = r.writer.join("f");
     let data = pattern(9, 3 * 4096);
     std::fs::write(&p, &data).unwrap();
@@ -234,7 +274,7 @@ fn blocked_readers_fail_with_data_wait_err_and_can_be_killed() {
     let cat = reader(&r.reader.join("f"));
     wait_for("the reader to wait", || waiting(&r.reader).len() == 1);
     let denied = Command::new(SCOUTFS)
-        .args(["data-wait-err", "-p", s(&v.mnt)])
+        .args(["data-wait-err", "-p", s(&r.reader)])
         .args(["-I", &ino.to_string(), "-V", &dv.to_string()])
         .args(["-F", "0", "-C", "12288", "-O", "read", "-E", "-5"])
         .output()
@@ -252,7 +292,7 @@ fn blocked_readers_fail_with_data_wait_err_and_can_be_killed() {
     let stale = scoutfs(&[
         "data-wait-err",
         "-p",
-        s(&v.mnt),
+        s(&r.reader),
         "-I",
         &ino.to_string(),
         "-V",
@@ -287,7 +327,7 @@ fn blocked_readers_fail_with_data_wait_err_and_can_be_killed() {
         waiting(&r.reader).is_empty()
     });
     wait_for("the counter", || {
-        counter(&v.mnt, "data_wait_interrupted") >= 1
+        counter(&r.reader, "data_wait_interrupted") >= 1
     });
     // The mount keeps working: other files, then the staged one.
     let q = r.writer.join("g");
@@ -309,8 +349,10 @@ fn blocked_readers_fail_with_data_wait_err_and_can_be_killed() {
         "-l",
         "4096",
     ]);
+    // The blocked writer works through the reader's mount.
+    let rp = r.reader.join("f");
     let mut dd = Command::new("dd")
-        .arg(format!("of={}", s(&p)))
+        .arg(format!("of={}", s(&rp)))
         .args(["bs=4", "count=1", "conv=notrunc", "status=none"])
         .stdin(Stdio::piped())
         .spawn()
@@ -334,7 +376,6 @@ fn blocked_readers_fail_with_data_wait_err_and_can_be_killed() {
     want[..4].copy_from_slice(b"abcd");
     assert_eq!(std::fs::read(&p).unwrap(), want);
     assert_eq!(stat_field(&p, "data_version"), dv + 1);
-    v.unmount();
 }
 
 fn errno_of(r: std::io::Result<impl Sized>) -> i32 {

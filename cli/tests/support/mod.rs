@@ -111,6 +111,101 @@ impl Mounted {
     }
 }
 
+/// A port free for both TCP and UDP on loopback (a quorum slot's address).
+pub fn free_port() -> u16 {
+    loop {
+        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = t.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One volume mounted three times by daemon threads of this process: the
+/// first holds quorum slot 0 and serves, the other two join as clients.
+pub struct Cluster {
+    _dir: tempfile::TempDir,
+    pub meta: PathBuf,
+    pub data: PathBuf,
+    pub mnts: Vec<PathBuf>,
+    daemons: Vec<Option<JoinHandle<Result<(), String>>>>,
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = dir.path().join("meta.img");
+        let data = dir.path().join("data.img");
+        for p in [&meta, &data] {
+            std::fs::File::create(p)
+                .unwrap()
+                .set_len(IMAGE_BYTES)
+                .unwrap();
+        }
+        {
+            let m = FileDevice::open(&meta, &OpenOptions::new()).unwrap();
+            let d = FileDevice::open(&data, &OpenOptions::new()).unwrap();
+            let mut opts = MkfsOptions::default();
+            opts.quorum_slots[0] = Some((std::net::Ipv4Addr::LOCALHOST, free_port()));
+            format_volume(&m, &d, &opts).unwrap();
+        }
+        let mut c = Cluster {
+            _dir: dir,
+            meta,
+            data,
+            mnts: Vec::new(),
+            daemons: Vec::new(),
+        };
+        for i in 0..3 {
+            let mnt = c._dir.path().join(format!("m{i}"));
+            std::fs::create_dir(&mnt).unwrap();
+            let (tx, rx) = mpsc::channel();
+            let mut config = Config::new(c.meta.clone(), c.data.clone(), mnt.clone());
+            if i == 0 {
+                config.options.quorum_slot_nr = Some(0);
+                config.options.quorum_heartbeat_timeout_ms = 2_000;
+            }
+            config.on_ready = Some(Box::new(move || tx.send(()).is_ok()));
+            let t = std::thread::spawn(move || serve(config).map_err(|e| e.to_string()));
+            if rx.recv_timeout(Duration::from_secs(120)).is_err() {
+                panic!("daemon {i} did not mount: {:?}", t.join());
+            }
+            c.mnts.push(mnt);
+            c.daemons.push(Some(t));
+        }
+        c
+    }
+
+    /// Unmounts the clients, then the server (the last quorum member
+    /// leaves after them), and checks the volume.
+    pub fn unmount(&mut self) {
+        for i in (0..self.mnts.len()).rev() {
+            let c = Client::for_path(&self.mnts[i]).expect("client");
+            c.unmount().expect("unmount");
+            let r = self.daemons[i].take().unwrap().join().unwrap();
+            assert_eq!(r, Ok(()), "daemon {i}");
+        }
+        let ro = OpenOptions::new().read_only(true);
+        let m = FileDevice::open(&self.meta, &ro).unwrap();
+        let d = FileDevice::open(&self.data, &ro).unwrap();
+        let report =
+            engine::check::check_volume(&m, Some(&d as &dyn BlockDevice), &mut |_| {}).unwrap();
+        assert!(report.is_clean(), "{:?}", report.messages());
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (i, t) in self.daemons.iter_mut().enumerate().rev() {
+            if let Some(t) = t.take() {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnts[i]).status();
+                let _ = t.join();
+            }
+        }
+    }
+}
+
 impl Drop for Mounted {
     fn drop(&mut self) {
         if let Some(t) = self.daemon.take() {
