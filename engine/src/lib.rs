@@ -36,5 +36,6 @@ pub mod node;
 pub mod quorum;
 pub mod runtime;
 pub mod server;
+pub mod srch;
 pub mod trans;
 pub mod weak;

@@ -50,9 +50,15 @@
 //!   never a panic or a wedged commit; freed blocks come back through the
 //!   freed lists and trees.
 //!
+//! * srch (§1.9, through [`crate::srch::server`]): COMMIT_LOG_TREES rotates
+//!   a mount's srch log into srch_root once it has 16 blocks, finalization
+//!   and FAREWELL always do, in the commit that stores the zeroed file
+//!   (trap 22); SRCH_GET/COMMIT_COMPACT hand out compactions and swap
+//!   their output in; FAREWELL puts the rid's compactions back to PENDING.
+//!
 //! Not yet here: SYNC_LOG_TREES (no server → mount channel: a mount whose
 //! tree holds a merge back finalizes it at its own next GET_LOG_TREES),
-//! reclaiming rids that vanished without a farewell, srch rotation, lock
+//! reclaiming rids that vanished without a farewell, lock
 //! recovery and the batching of several handlers into one commit (each
 //! handler commits on its own).
 //!
@@ -106,6 +112,9 @@ pub struct ServerOptions {
     /// Whether GET_LOG_TREES finalizes trees at all. Only tests that look
     /// at allocator pressure alone turn it off: such a volume never merges.
     pub finalize: bool,
+    /// A mount's srch log file moves into srch_root at a commit once it
+    /// has this many blocks (16 in the original, §1.9); tests lower it.
+    pub srch_log_rotate_blocks: u64,
 }
 
 impl Default for ServerOptions {
@@ -116,6 +125,7 @@ impl Default for ServerOptions {
             reserve_log_blocks: 0,
             finalize_height: 2,
             finalize: true,
+            srch_log_rotate_blocks: crate::srch::LOG_ROTATE_BLOCKS,
         }
     }
 }
