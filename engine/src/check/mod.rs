@@ -36,7 +36,7 @@ use crate::format::block::check_fixed_block;
 use crate::format::key::{srch_type, zone, Key};
 use crate::format::log_trees::{LogMergeComplete, LogTrees};
 use crate::format::quorum::QuorumBlock;
-use crate::format::srch::{SrchCompact, SrchFile};
+use crate::format::srch::{SrchCompact, SrchFile, SRCH_COMPACT_FLAG_DELETE};
 use crate::format::superblock::{self, SuperBlock, SUPER_FLAG_META_BDEV};
 use crate::format::{
     block, FormatError, DATA_DEV_START_BLKNO, FORMAT_VERSION_MAX, FORMAT_VERSION_MIN,
@@ -482,6 +482,17 @@ impl<'a> Checker<'a> {
             self.alloc_list(&format!("{ip}.meta_freed"), &sc.meta_freed);
             if sc.nr as usize > sc.inputs.len() {
                 self.fault(FaultKind::Item, ip, format!("compact nr {}", sc.nr));
+                continue;
+            }
+            // Before the swap the inputs belong to their LOG/BLOCKS items
+            // and the output so far to the compaction; in the delete phase
+            // the output is a BLOCKS item and the inputs wait to be freed.
+            if sc.flags & SRCH_COMPACT_FLAG_DELETE != 0 {
+                for (i, inp) in sc.inputs[..sc.nr as usize].iter().enumerate() {
+                    self.srch_file(&format!("{ip}.in[{i}]"), &inp.sfl);
+                }
+            } else {
+                self.srch_file(&format!("{ip}.out"), &sc.out);
             }
         }
     }

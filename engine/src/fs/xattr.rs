@@ -38,12 +38,12 @@ use zerocopy::FromBytes;
 
 use super::{bytes_of, Batch, Ctx, Fs, FsResult};
 use crate::format::hash::{fnv1a64, xattr_name_hash};
-use crate::format::srch::SrchEntry;
 use crate::format::items::{
     indx_key, totl_key, xattr_key, xattr_nr_parts, TotlValue, XattrHeader, XATTR_NAME_MAX,
     XATTR_VALUE_MAX,
 };
 use crate::format::key::Key;
+use crate::format::srch::SrchEntry;
 use crate::format::{FORMAT_VERSION_V2, MAX_VAL_SIZE};
 use crate::lock::LockMode;
 

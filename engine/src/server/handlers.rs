@@ -30,8 +30,8 @@ use crate::format::log_trees::{
 use crate::format::net::{
     Cmd, NetGreeting, NetInodeAlloc, NetRoots, NetStatfs, GREETING_FLAG_QUORUM,
 };
-use crate::format::superblock::{AllocListHead, AllocRoot, SuperBlock, ALLOC_FLAG_LOW};
 use crate::format::srch::SrchCompact;
+use crate::format::superblock::{AllocListHead, AllocRoot, SuperBlock, ALLOC_FLAG_LOW};
 use crate::merge;
 use crate::merge::server::CommitOutcome;
 use crate::srch;

@@ -330,7 +330,8 @@ impl<'a> SrchWriter<'a> {
     /// Puts the open leaf into the cache as dirty.
     fn close(&mut self) -> Result<()> {
         if let Some(l) = self.cur.take() {
-            self.cache.put_dirty(l.blkno, l.seq, MAGIC_SRCH_BLOCK, l.buf)?;
+            self.cache
+                .put_dirty(l.blkno, l.seq, MAGIC_SRCH_BLOCK, l.buf)?;
         }
         Ok(())
     }

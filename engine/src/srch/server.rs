@@ -83,7 +83,10 @@ pub fn decode_compact(it: &NodeItem) -> Result<SrchCompact> {
         ))
     })?;
     if sc.nr as usize > COMPACT_NR {
-        return Err(Error::corrupt(format!("srch compact with {} inputs", sc.nr)));
+        return Err(Error::corrupt(format!(
+            "srch compact with {} inputs",
+            sc.nr
+        )));
     }
     Ok(sc)
 }
@@ -115,7 +118,10 @@ pub async fn rotate_log(
         return Ok(false);
     }
     let key = log_key(f.ref_.blkno.get());
-    match btree.insert(&mut sb.srch_root, alloc, &key, f.as_bytes()).await {
+    match btree
+        .insert(&mut sb.srch_root, alloc, &key, f.as_bytes())
+        .await
+    {
         Ok(()) => {}
         Err(Error::Exists) => {
             // A log file's first blkno is unique while it lives: the same
@@ -196,7 +202,11 @@ pub async fn get_compact(
         if it.key.second == rid {
             return Ok(Some(sc));
         }
-        taken.extend(sc.inputs[..sc.nr as usize].iter().map(|i| i.sfl.ref_.blkno.get()));
+        taken.extend(
+            sc.inputs[..sc.nr as usize]
+                .iter()
+                .map(|i| i.sfl.ref_.blkno.get()),
+        );
     }
     let pending = type_items(btree, sb, srch_type::PENDING).await?;
     if let Some(it) = pending.first() {
@@ -313,7 +323,8 @@ pub async fn commit_compact(
     };
     let busy = decode_compact(&it)?;
     let n = busy.nr as usize;
-    let phase = |f: u8| f & (SRCH_COMPACT_FLAG_LOG | SRCH_COMPACT_FLAG_SORTED | SRCH_COMPACT_FLAG_DELETE);
+    let phase =
+        |f: u8| f & (SRCH_COMPACT_FLAG_LOG | SRCH_COMPACT_FLAG_SORTED | SRCH_COMPACT_FLAG_DELETE);
     if res.nr != busy.nr
         || phase(res.flags) != phase(busy.flags)
         || res.inputs[..n]

@@ -692,12 +692,8 @@ impl Inner {
         }
         // Holders are drained: every entry logged so far belongs to this
         // transaction, and it lands in the tree this commit writes.
-        let srch = std::mem::take(
-            &mut *self
-                .srch_pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let srch =
+            std::mem::take(&mut *self.srch_pending.lock().unwrap_or_else(|p| p.into_inner()));
         if let Err(e) = self.build_tree(&mut ts, &snap, &srch).await {
             // The dirty tree is unspecified now: nothing more can commit.
             self.lock().broken = Some(libc::EIO);
@@ -770,8 +766,8 @@ impl Inner {
             bloom_set.extend(missing);
         }
         if !srch.is_empty() {
-            let mut w = SrchWriter::new(self.btree.cache(), alloc, lt.srch_file, true)
-                .map_err(errno)?;
+            let mut w =
+                SrchWriter::new(self.btree.cache(), alloc, lt.srch_file, true).map_err(errno)?;
             for e in srch {
                 w.append(e).await.map_err(errno)?;
             }

@@ -79,11 +79,7 @@ impl SrchState {
 
     /// One GET and, when work came back, one step and its COMMIT. Returns
     /// whether work was handled. The caller holds `serial`.
-    async fn pass(
-        &self,
-        link: &Arc<dyn ServerLink>,
-        limits: &CompactLimits,
-    ) -> Result<bool, i32> {
+    async fn pass(&self, link: &Arc<dyn ServerLink>, limits: &CompactLimits) -> Result<bool, i32> {
         let reply = link.call(Cmd::SrchGetCompact, Vec::new()).await?;
         let sc = SrchCompact::read_from_bytes(&reply).map_err(|_| libc::EIO)?;
         if sc.nr == 0 {
@@ -101,8 +97,11 @@ impl SrchState {
         let Some((res, st)) = stepped else {
             cache.discard_dirty();
             cache.drop_clean();
-            link.call(Cmd::SrchCommitCompact, error_result(&sc).as_bytes().to_vec())
-                .await?;
+            link.call(
+                Cmd::SrchCommitCompact,
+                error_result(&sc).as_bytes().to_vec(),
+            )
+            .await?;
             self.count(|s| s.errors += 1);
             return Err(libc::EIO);
         };
@@ -117,11 +116,7 @@ impl SrchState {
         Ok(true)
     }
 
-    async fn drain(
-        &self,
-        link: &Arc<dyn ServerLink>,
-        limits: &CompactLimits,
-    ) -> Result<u64, i32> {
+    async fn drain(&self, link: &Arc<dyn ServerLink>, limits: &CompactLimits) -> Result<u64, i32> {
         let _serial = self.serial.lock().await;
         let mut n = 0;
         while self.pass(link, limits).await? {
