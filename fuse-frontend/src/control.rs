@@ -472,7 +472,8 @@ fn handle(conn: OwnedFd, id: &Identity, engine: &Engine, shared: &Shared) {
         | Op::ReadXattrIndex
         | Op::QuotaAdd
         | Op::QuotaDel
-        | Op::QuotaWipe => Some(CAP_SYS_ADMIN),
+        | Op::QuotaWipe
+        | Op::SearchXattrs => Some(CAP_SYS_ADMIN),
         _ => None,
     };
     if let Some(cap) = need {
@@ -805,7 +806,8 @@ fn run_op(op: Op, body: &[u8], ino: Option<u64>, id: &Identity, e: &Engine) -> R
         | Op::QuotaList
         | Op::QuotaAdd
         | Op::QuotaDel
-        | Op::QuotaWipe => tags::run_tag_op(op, &mut d, ino, e, out),
+        | Op::QuotaWipe
+        | Op::SearchXattrs => tags::run_tag_op(op, &mut d, ino, e, out),
         _ => Err(libc::EINVAL),
     }
 }
