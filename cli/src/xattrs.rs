@@ -227,9 +227,7 @@ pub fn search_main(argv: &[String]) -> i32 {
     };
     let name = match p.operands.as_slice() {
         [n] => n.clone(),
-        [] => {
-            return args::usage_error(CMD, "must provide xattr containing .srch. scoutfs tag")
-        }
+        [] => return args::usage_error(CMD, "must provide xattr containing .srch. scoutfs tag"),
         _ => return args::usage_error(CMD, "more than one name argument given"),
     };
     let client = match mnt::client_for(path_opt(&p).as_deref()) {

@@ -531,5 +531,16 @@ fn search_xattrs_prints_the_inodes_of_a_srch_tag() {
         "search_xattrs ioctl failed: Invalid argument (22)\n\
          scoutfs: search-xattrs failed: Invalid argument (22)\n"
     );
+    // The unmount's farewell rotates the log into srch_root (and checks the
+    // volume clean); print decodes it: c's pair and a's entry.
     v.unmount();
+    let printed = ok(&["print", v.meta.to_str().unwrap()]);
+    let hash = engine::format::hash::fnv1a64(name.as_bytes());
+    let entries = |ino: u64| {
+        printed
+            .lines()
+            .filter(|l| l.contains("]: (") && l.contains(&format!("{hash:016x}.{ino}.")))
+            .count()
+    };
+    assert_eq!((entries(ia), entries(ic)), (1, 2), "{printed}");
 }
