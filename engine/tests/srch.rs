@@ -27,6 +27,7 @@ use std::sync::Arc;
 use drivers::FaultDevice;
 use engine::block::BlockCache;
 use engine::btree::Btree;
+use engine::format::hash::fnv1a64;
 use engine::format::net::Cmd;
 use engine::format::srch::{
     SrchCompact, SrchEntry, SRCH_COMPACT_FLAG_DELETE, SRCH_COMPACT_FLAG_SORTED,
@@ -418,14 +419,18 @@ fn a_resumed_compaction_loses_nothing_and_drops_both_duplicates() {
         // 16 commits (4 log compactions, then 4 sorted files of one
         // tier); xattrs created in one commit and removed several commits
         // later, so their pairs meet only in the sorted merge.
+        // Each file also has a name of its own: entries of many hashes
+        // make the sorted files span several leaves.
+        let own = |ino: u64| format!("scoutfs.srch.own.{ino}").into_bytes();
         let mut created: Vec<Vec<u64>> = Vec::new();
         for round in 0..16usize {
             let m = round % MOUNTS as usize;
             let fs = &c.nodes[m].fs;
             let mut these = Vec::new();
-            for _ in 0..120 {
+            for _ in 0..400 {
                 let ino = fs.tmpfile(&root, ROOT_INO, 0o644).await.expect("tmpfile").ino;
                 fs.setxattr(&root, ino, NAME, b"1", 0).await.expect("set");
+                fs.setxattr(&root, ino, &own(ino), b"1", 0).await.expect("set");
                 these.push(ino);
                 live.insert(ino, m);
             }
@@ -433,6 +438,7 @@ fn a_resumed_compaction_loses_nothing_and_drops_both_duplicates() {
                 // Some of those this mount created three rounds ago go.
                 for ino in created[round - 3].iter().step_by(3) {
                     fs.removexattr(&root, *ino, NAME).await.expect("remove");
+                    fs.removexattr(&root, *ino, &own(*ino)).await.expect("remove");
                     live.remove(ino);
                 }
             }
@@ -447,6 +453,7 @@ fn a_resumed_compaction_loses_nothing_and_drops_both_duplicates() {
         let big = CompactLimits::default();
         let tiny = CompactLimits {
             step_blocks: 1,
+            step_entries: 700,
             alloc_low_blocks: 1,
         };
         let c2 = scratch_cache(&c.server, &c.meta, &rt);
@@ -489,6 +496,7 @@ fn a_resumed_compaction_loses_nothing_and_drops_both_duplicates() {
             steps += 1;
             assert!(steps < 10_000, "compaction does not end");
         }
+        eprintln!("rid 3: {steps} steps, {deletes} delete phases");
         assert!(deletes >= 1, "{deletes} delete phases");
         let files = stable_files(&server, &c3).await;
         assert_eq!(files.len(), 1, "everything compacted into one file");
@@ -496,16 +504,21 @@ fn a_resumed_compaction_loses_nothing_and_drops_both_duplicates() {
         assert!(!is_log);
         let keys: Vec<_> = ents.iter().map(entry_key).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "sorted, no duplicates");
-        let inos: BTreeSet<u64> = ents.iter().map(|e| e.ino.get()).collect();
-        let want: BTreeSet<u64> = live.keys().copied().collect();
-        let lost: Vec<_> = want.difference(&inos).take(5).collect();
-        let back: Vec<_> = inos.difference(&want).take(5).collect();
+        let got: BTreeSet<(u64, u64)> = ents.iter().map(|e| (e.hash.get(), e.ino.get())).collect();
+        let mut expect: BTreeSet<(u64, u64)> = BTreeSet::new();
+        for ino in live.keys() {
+            expect.insert((fnv1a64(NAME), *ino));
+            expect.insert((fnv1a64(&own(*ino)), *ino));
+        }
+        let lost: Vec<_> = expect.difference(&got).take(5).collect();
+        let back: Vec<_> = got.difference(&expect).take(5).collect();
         assert!(
             lost.is_empty() && back.is_empty(),
             "the compacted file holds {} entries for {} live xattrs: lost {lost:?}, removed but present {back:?}",
-            inos.len(),
-            want.len()
+            got.len(),
+            expect.len()
         );
+        let want: BTreeSet<u64> = live.keys().copied().collect();
         let rest: Vec<&Node> = nodes.iter().collect();
         assert_search(&rest, NAME, &want, "after the resumed compaction").await;
         for n in &nodes {

@@ -5,8 +5,8 @@
 //! * LOG work (4 rotated log files): every entry is decoded, sorted in
 //!   memory and written in one go (log files are at most a few MiB each).
 //! * SORTED work (4 sorted files of a tier): a streaming 4-way merge that
-//!   stops after [`CompactLimits::step_blocks`] new output leaves (or when
-//!   its avail list runs low) and reports its progress: the output so far
+//!   stops after [`CompactLimits::step_blocks`] new output leaves (or
+//!   `step_entries` entries, or when its avail list runs low) and reports its progress: the output so far
 //!   and, per input, the leaf and byte offset of the first entry not yet
 //!   accounted for. The server keeps that as PENDING; the next step (on any
 //!   mount) resumes from there, starting a new output leaf.
@@ -39,6 +39,9 @@ pub struct CompactLimits {
     /// New output leaves per step (512 = the original's 32 MiB of dirty
     /// blocks). Tests lower it to make steps resume.
     pub step_blocks: u64,
+    /// Entries written per step (tests lower it so that steps stop inside
+    /// leaves of the inputs and of the output).
+    pub step_entries: u64,
     /// Stop when the avail list holds fewer blocks than this.
     pub alloc_low_blocks: u64,
 }
@@ -47,6 +50,7 @@ impl Default for CompactLimits {
     fn default() -> Self {
         CompactLimits {
             step_blocks: 512,
+            step_entries: u64::MAX,
             alloc_low_blocks: 24,
         }
     }
@@ -231,11 +235,14 @@ async fn merge_sorted(
         cursors.push(Cursor::open(cache, inp.sfl, inp.blk.get(), inp.pos.get()).await?);
     }
     let mut w = SrchWriter::new(cache, alloc, res.out, false)?;
+    let mut written = 0u64;
     let done = loop {
         let Some(i) = least(&cursors) else {
             break true;
         };
-        if w.new_leaves >= limits.step_blocks.max(1)
+        // A step ends when its leaves are full, not in the middle of one.
+        if (w.new_leaves >= limits.step_blocks.max(1) && w.leaf_full())
+            || written >= limits.step_entries.max(1)
             || w.alloc().avail.total_nr.get() < limits.alloc_low_blocks
         {
             break false;
@@ -252,6 +259,7 @@ async fn merge_sorted(
         }
         w.append(&e).await?;
         stats.written += 1;
+        written += 1;
     };
     res.out = w.finish()?;
     for (inp, c) in res.inputs.iter_mut().zip(&cursors) {

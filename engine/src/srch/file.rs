@@ -327,6 +327,16 @@ impl<'a> SrchWriter<'a> {
         Ok(())
     }
 
+    /// Whether the next append starts a new leaf.
+    pub fn leaf_full(&self) -> bool {
+        match &self.cur {
+            None => true,
+            Some(l) => SrchBlockHeader::ref_from_prefix(&l.buf[..])
+                .map(|(h, _)| h.entry_bytes.get() as usize > SRCH_BLOCK_SAFE_BYTES)
+                .unwrap_or(true),
+        }
+    }
+
     /// Puts the open leaf into the cache as dirty.
     fn close(&mut self) -> Result<()> {
         if let Some(l) = self.cur.take() {
