@@ -17,7 +17,7 @@
 //!   23, 18aee0eb / 7c5823ad): a sorted compaction saved part way, picked
 //!   up again by a mount that dies before committing, and finished by
 //!   another mount leaves exactly the live entries in one file: nothing
-//!   lost, and no removed xattr comes back.
+//!   lost, and no removed xattr comes back. Forged results are refused.
 
 mod server_support;
 
@@ -284,6 +284,15 @@ fn search_finds_every_remaining_file_on_every_mount() {
             "no create/delete pair was dropped"
         );
         assert_search(&all, NAME, &live, "after compaction").await;
+        // Small tracking limits give the same answer in many batches.
+        for limit in [1, 97] {
+            let got = search_all(&c.nodes[1].fs, NAME, limit).await;
+            assert_eq!(
+                got,
+                live.iter().copied().collect::<Vec<_>>(),
+                "limit {limit}"
+            );
+        }
         assert_search(&all, OTHER, &other, "other name after compaction").await;
         assert_clean(&c.meta, &c.data, "after compaction");
     });
@@ -464,6 +473,25 @@ fn a_resumed_compaction_loses_nothing_and_drops_both_duplicates() {
             }
             step_and_commit(&c.server, 2, &c2, &sc, &big).await;
         };
+        // A result that does not match its work changes nothing.
+        let mut forged = sorted;
+        forged.inputs[1].sfl.entries = (forged.inputs[1].sfl.entries.get() + 1).into();
+        let link2 = InProcessLink::new(c.server.clone(), 2);
+        assert_eq!(
+            link2
+                .call(Cmd::SrchCommitCompact, forged.as_bytes().to_vec())
+                .await,
+            Err(libc::EINVAL)
+        );
+        // Nor does one for work this rid doesn't hold.
+        let mut other = sorted;
+        other.id = 1.into();
+        let before = c.server.stable_super();
+        link2
+            .call(Cmd::SrchCommitCompact, other.as_bytes().to_vec())
+            .await
+            .expect("unknown work is acknowledged");
+        assert_eq!(c.server.stable_super().hdr.seq, before.hdr.seq);
         // Its first step is saved part way.
         let res = step_and_commit(&c.server, 2, &c2, &sorted, &tiny).await;
         assert!(!engine::srch::server::is_done(&res), "one leaf finished the merge");
