@@ -42,9 +42,14 @@
 //!   every item call passes [`Mount::check_lock`], the single place where
 //!   cluster-lock coverage will be enforced.
 //!
-//! Touches `block`, `btree`, `alloc`, `forest`, `item`, `format`, the
-//! `link` (GET_LOG_TREES, COMMIT_LOG_TREES, GET_ROOTS via the forest,
-//! ALLOC_INODES) and the runtime (spawn, sleep, randomness). Locks: short std
+//! `.srch.` entries logged under a hold ([`Transactions::srch_add`]) are
+//! appended to the log tree's srch file by the commit that writes the
+//! transaction's items (§1.9); the srch compaction worker
+//! (`srch_worker.rs`) runs beside the merge worker.
+//!
+//! Touches `block`, `btree`, `alloc`, `forest`, `item`, `srch`, `format`,
+//! the `link` (GET_LOG_TREES, COMMIT_LOG_TREES, GET_ROOTS via the forest,
+//! ALLOC_INODES, SRCH_GET/COMMIT_COMPACT) and the runtime (spawn, sleep, randomness). Locks: short std
 //! mutexes never held across `.await`; `futures::lock::Mutex`es serialize
 //! commits, allocator use and the inode pool.
 
