@@ -3,7 +3,7 @@
 //! xattr logs, their rotation into `srch_root`, their compaction into
 //! sorted files, and searches over them.
 //!
-//! * [`file`]: the on-disk files (read leaves, append with COW, free).
+//! * [`file`](mod@file): the on-disk files (read leaves, append with COW, free).
 //! * [`server`]: the server's half: rotating a mount's log file into
 //!   `srch_root`, handing out and committing compactions, cancelling a
 //!   gone mount's compactions.
