@@ -5,7 +5,8 @@
 #   scripts/test.sh            default suite (CI): well under 45 minutes on 2 cores
 #   scripts/test.sh --long     also the long runs: more property-test operations,
 #                              lock/totl/simulation seeds, 100 kill -9 rounds,
-#                              more hostile-input rounds, and cargo-fuzz if present
+#                              more hostile-input rounds, 100,000 .srch. files,
+#                              and cargo-fuzz if present
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +35,7 @@ if [ "$long" = 1 ]; then
   export SCOUTFS_FSX_OPS=${SCOUTFS_FSX_OPS:-100000}
   export SCOUTFS_FIO_SIZE=${SCOUTFS_FIO_SIZE:-1024}
   export SCOUTFS_CLUSTER_STEPS=${SCOUTFS_CLUSTER_STEPS:-3000}
+  export SCOUTFS_SRCH_FILES=${SCOUTFS_SRCH_FILES:-100000}
 fi
 
 echo "== cargo fmt --check"

@@ -27,7 +27,7 @@ pub mod xattrs;
 const COMMANDS: &str = "mkfs, print, check, walk-inodes, stat, statfs, df, sync, ino-path, \
 get-referring-entries, get-allocated-inos, get-fiemap, counters, get-attr-x, set-attr-x, setattr, \
 release, stage, punch-offline, move-blocks, data-waiting, data-wait-err, read-xattr-totals, \
-read-xattr-index, list-hidden-xattrs, quota-add, quota-del, quota-list, quota-wipe, quota-restore, fenced";
+read-xattr-index, list-hidden-xattrs, search-xattrs, quota-add, quota-del, quota-list, quota-wipe, quota-restore, fenced";
 
 /// Exit code of argp usage errors.
 pub const EX_USAGE: i32 = 64;
@@ -64,6 +64,7 @@ pub fn run(argv: &[String]) -> i32 {
         "read-xattr-totals" => xattrs::totals_main(rest),
         "read-xattr-index" => xattrs::index_main(rest),
         "list-hidden-xattrs" => xattrs::hidden_main(rest),
+        "search-xattrs" => xattrs::search_main(rest),
         "quota-add" => quota::change_main(rest, true),
         "quota-del" => quota::change_main(rest, false),
         "quota-list" => quota::list_main(rest),

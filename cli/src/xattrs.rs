@@ -1,7 +1,8 @@
 //! `scoutfs read-xattr-totals [-p PATH]`, `scoutfs read-xattr-index
-//! [FIRST [LAST]] [-p PATH]` and `scoutfs list-hidden-xattrs FILE`: what
-//! the `.totl.`, `.indx.` and `.hide.` tags record (reference §7.3, §8.4,
-//! §10; cli-contract.md).
+//! [FIRST [LAST]] [-p PATH]`, `scoutfs list-hidden-xattrs FILE` and
+//! `scoutfs search-xattrs NAME [-p PATH]`: what the `.totl.`, `.indx.`,
+//! `.hide.` and `.srch.` tags record (reference §7.3, §8.3, §8.4, §10;
+//! cli-contract.md).
 //!
 //! * read-xattr-totals: `%llu.%llu.%llu = %lld, %lld` (name, total, count)
 //!   in name order, from committed state. Needs CAP_SYS_ADMIN.
@@ -9,6 +10,9 @@
 //!   FIRST and the largest value in LAST; `-1` is the largest value);
 //!   prints `%u.%llu = %llu` (major.minor = ino). Needs CAP_SYS_ADMIN.
 //! * list-hidden-xattrs: the names of FILE's `.hide.` xattrs, one a line.
+//! * search-xattrs: inode numbers, one a line, in order, batch after batch
+//!   until the search says it reached the end (`%llu`). Needs
+//!   CAP_SYS_ADMIN; a name without `.srch.` is EINVAL.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -202,6 +206,52 @@ pub fn hidden_main(argv: &[String]) -> i32 {
             break;
         }
         skip += names.len() as u32;
+    }
+    0
+}
+
+/// `scoutfs search-xattrs NAME [-p PATH]`: the inodes that may carry the
+/// `.srch.` xattr NAME, one number a line in order (hash collisions and
+/// removals not yet committed included, as in the original).
+pub fn search_main(argv: &[String]) -> i32 {
+    const CMD: &str = "search-xattrs";
+    let p = match args::parse(
+        CMD,
+        "XATTR-NAME",
+        "Print inode numbers of inodes which may have given xattr",
+        &[PATH],
+        argv,
+    ) {
+        Ok(p) => p,
+        Err(s) => return args::stop_code(CMD, s),
+    };
+    let name = match p.operands.as_slice() {
+        [n] => n.clone(),
+        [] => return args::usage_error(CMD, "must provide xattr containing .srch. scoutfs tag"),
+        _ => return args::usage_error(CMD, "more than one name argument given"),
+    };
+    let client = match mnt::client_for(path_opt(&p).as_deref()) {
+        Err(e) => return crate::failed(CMD, e),
+        Ok(Err(e)) => return ioctl_failed(CMD, "search_xattrs", e),
+        Ok(Ok(c)) => c,
+    };
+    let mut out = std::io::stdout().lock();
+    let mut next = 0u64;
+    loop {
+        let (inos, end) = match client.search_xattrs(name.as_bytes(), next, u64::MAX) {
+            Ok(r) => r,
+            Err(e) => return ioctl_failed(CMD, "search_xattrs", mnt::errno(&e)),
+        };
+        let Some(last) = inos.last() else {
+            break;
+        };
+        for ino in &inos {
+            let _ = writeln!(out, "{ino}");
+        }
+        if end || *last == u64::MAX {
+            break;
+        }
+        next = last + 1;
     }
     0
 }

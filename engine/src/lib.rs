@@ -17,6 +17,7 @@
 //! * [`fs`]: filesystem operations (inodes, directories, xattrs, data) over that API.
 //! * [`server`]: the server: supers, commits, allocators, request handlers.
 //! * [`merge`]: log tree finalization, merge and splice.
+//! * [`srch`]: `.srch.` xattr search: srch files, log rotation, compaction.
 //! * [`lock`]: cluster range locks, client and server (sans-IO).
 //! * [`node`]: the network glue: mounts and the server over TCP.
 pub mod alloc;
@@ -36,5 +37,6 @@ pub mod node;
 pub mod quorum;
 pub mod runtime;
 pub mod server;
+pub mod srch;
 pub mod trans;
 pub mod weak;

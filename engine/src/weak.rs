@@ -1,6 +1,7 @@
-//! Weak reads of the stable roots (reference §2.5, §8.4, §12 "Deltas on
-//! read"): what `.totl.` totals, `.indx.` index walks and quota rules are
-//! read through, with no cluster lock.
+//! Weak reads of the stable roots (reference §2.5, §8.3, §8.4, §12 "Deltas
+//! on read"): what `.totl.` totals, `.indx.` index walks, quota rules and
+//! `.srch.` searches ([`crate::srch::search`]) are read through, with no
+//! cluster lock.
 //!
 //! A read takes its roots from the on-disk super (the last committed
 //! server state, so only committed items are seen), plus the log-merge
@@ -62,6 +63,17 @@ pub trait StableItems: Send + Sync {
     /// Up to `max` live items with `first <= key <= last` (no tombstones,
     /// no deltas), in key order.
     fn items(&self, first: Key, last: Key, max: usize) -> ItemFuture<'_, Vec<(Key, Vec<u8>)>>;
+
+    /// Inodes whose `.srch.` entries of `hash` are live in the srch files
+    /// of the stable roots, `first_ino..=last_ino`, tracking at most
+    /// `limit` entries (§8.3; see [`crate::srch::search`]).
+    fn search_xattrs(
+        &self,
+        hash: u64,
+        first_ino: u64,
+        last_ino: u64,
+        limit: usize,
+    ) -> ItemFuture<'_, crate::srch::search::Found>;
 }
 
 /// Where a version of a key came from.
@@ -281,6 +293,37 @@ impl StableItems for WeakReader {
 
     fn items(&self, first: Key, last: Key, max: usize) -> ItemFuture<'_, Vec<(Key, Vec<u8>)>> {
         Box::pin(self.read_items(first, last, max))
+    }
+
+    fn search_xattrs(
+        &self,
+        hash: u64,
+        first_ino: u64,
+        last_ino: u64,
+        limit: usize,
+    ) -> ItemFuture<'_, crate::srch::search::Found> {
+        Box::pin(async move {
+            let mut prev_seq = None;
+            loop {
+                let sb = crate::trans::read_super(self.btree.cache().device()).await?;
+                let res =
+                    crate::srch::search::search(&self.btree, &sb, hash, first_ino, last_ino, limit)
+                        .await;
+                match res.map_err(Attempt::from) {
+                    Ok(found) => return Ok(found),
+                    Err(Attempt::Fail(e)) => return Err(e),
+                    Err(Attempt::Stale) => {
+                        // Files compacted and freed since this super: a
+                        // newer super names their replacement.
+                        let seq = sb.hdr.seq.get();
+                        if prev_seq == Some(seq) {
+                            return Err(libc::EIO);
+                        }
+                        prev_seq = Some(seq);
+                    }
+                }
+            }
+        })
     }
 }
 

@@ -258,3 +258,45 @@ fn indx_items_use_the_real_xattr_id() {
         );
     });
 }
+
+/// `.srch.` names log `(fnv1a64(name), ino, id)` on create and, identical,
+/// on delete (also when the inode goes); a value change logs nothing, and
+/// other names never log (§7.3).
+#[test]
+fn srch_names_log_an_entry_on_create_and_delete_only() {
+    use engine::format::hash::fnv1a64;
+    let v = Vol::new(2);
+    run(async {
+        let r = root();
+        let f = v.fs.create(&r, ROOT_INO, b"f", 0o644).await.unwrap();
+        let g = v.fs.tmpfile(&r, ROOT_INO, 0o644).await.unwrap();
+        let name = b"scoutfs.srch.hide.x".to_vec();
+        let ents = || -> Vec<(u64, u64, u64)> {
+            v.trans
+                .srch
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|e| (e.hash.get(), e.ino.get(), e.id.get()))
+                .collect()
+        };
+        v.fs.setxattr(&r, f.ino, b"user.a", b"1", 0).await.unwrap();
+        v.fs.setxattr(&r, f.ino, &name, b"1", 0).await.unwrap();
+        v.fs.setxattr(&r, f.ino, &name, b"22", 0).await.unwrap();
+        v.fs.setxattr(&r, f.ino, b"scoutfs.totl.x.1.2.3", b"5", 0)
+            .await
+            .unwrap();
+        let h = fnv1a64(&name);
+        assert_eq!(ents(), vec![(h, f.ino, 1)], "the create, with its id");
+        v.fs.removexattr(&r, f.ino, &name).await.unwrap();
+        assert_eq!(ents(), vec![(h, f.ino, 1), (h, f.ino, 1)]);
+        v.fs.setxattr(&r, f.ino, &name, b"", 0).await.unwrap();
+        assert_eq!(ents()[2], (h, f.ino, 3), "a new id for a new xattr");
+        // Deleting an inode drops its tagged xattrs with their entries.
+        v.fs.setxattr(&r, g.ino, &name, b"v", 0).await.unwrap();
+        v.fs.release(g.ino).await.unwrap();
+        let e = ents();
+        assert_eq!(&e[3..], &[(h, g.ino, 0), (h, g.ino, 0)]);
+        v.check();
+    });
+}

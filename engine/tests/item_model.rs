@@ -30,6 +30,8 @@ fn opts(cache_items_max: usize) -> MountOptions {
         commit_interval: None,
         commit_retry: None,
         merge_interval: None,
+        srch_compact_interval: None,
+        srch_limits: Default::default(),
     }
 }
 

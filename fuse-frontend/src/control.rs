@@ -386,11 +386,12 @@ fn serve(listener: OwnedFd, id: Identity, engine: Engine, shared: Arc<Shared>, s
     drop(status);
 }
 
-/// The daemon's counters: the mount's transaction, merge and cache
-/// statistics and the control socket's own.
+/// The daemon's counters: the mount's transaction, merge, srch compaction
+/// and cache statistics and the control socket's own.
 fn counters(engine: &Engine, ops: &OpCounters) -> Vec<(&'static str, u64)> {
     let t = engine.mount.stats();
     let m = engine.mount.merge_stats();
+    let sc = engine.mount.srch_stats();
     let i = engine.mount.item_cache().stats();
     let b = engine.mount.block_cache().stats();
     let mut v = vec![
@@ -411,6 +412,11 @@ fn counters(engine: &Engine, ops: &OpCounters) -> Vec<(&'static str, u64)> {
         ("log_merge_errors", m.errors),
         ("log_merge_remains", m.remains),
         ("log_merge_requests", m.requests),
+        ("srch_compact_dropped", sc.dropped),
+        ("srch_compact_errors", sc.errors),
+        ("srch_compact_freed_blocks", sc.freed),
+        ("srch_compact_steps", sc.steps),
+        ("srch_compact_written", sc.written),
         ("trans_commit_low_recheck", t.low_rechecks),
         ("trans_commit_pressure", t.pressure_commits),
         ("trans_commit_retries", t.retries),
@@ -487,7 +493,8 @@ fn handle(conn: OwnedFd, id: &Identity, engine: &Engine, shared: &Shared) {
         | Op::ReadXattrIndex
         | Op::QuotaAdd
         | Op::QuotaDel
-        | Op::QuotaWipe => Some(CAP_SYS_ADMIN),
+        | Op::QuotaWipe
+        | Op::SearchXattrs => Some(CAP_SYS_ADMIN),
         _ => None,
     };
     if let Some(cap) = need {
@@ -828,7 +835,8 @@ fn run_op(op: Op, body: &[u8], ino: Option<u64>, id: &Identity, e: &Engine) -> R
         | Op::QuotaList
         | Op::QuotaAdd
         | Op::QuotaDel
-        | Op::QuotaWipe => tags::run_tag_op(op, &mut d, ino, e, out),
+        | Op::QuotaWipe
+        | Op::SearchXattrs => tags::run_tag_op(op, &mut d, ino, e, out),
         _ => Err(libc::EINVAL),
     }
 }

@@ -38,9 +38,7 @@ fn tree_items(meta: &std::path::Path) -> (u64, u64) {
     let dev: Arc<dyn BlockDevice> =
         Arc::new(FileDevice::open(meta, &OpenOptions::new().read_only(true)).expect("meta"));
     ex.block_on(async move {
-        let sb: SuperBlock = engine::server::read_super(&dev, true)
-            .await
-            .expect("super");
+        let sb: SuperBlock = engine::server::read_super(&dev, true).await.expect("super");
         let r = rt.clone();
         let cache = Arc::new(BlockCache::new(
             dev,

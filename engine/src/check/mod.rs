@@ -36,7 +36,7 @@ use crate::format::block::check_fixed_block;
 use crate::format::key::{srch_type, zone, Key};
 use crate::format::log_trees::{LogMergeComplete, LogTrees};
 use crate::format::quorum::QuorumBlock;
-use crate::format::srch::{SrchCompact, SrchFile};
+use crate::format::srch::{SrchCompact, SrchFile, SRCH_COMPACT_FLAG_DELETE};
 use crate::format::superblock::{self, SuperBlock, SUPER_FLAG_META_BDEV};
 use crate::format::{
     block, FormatError, DATA_DEV_START_BLKNO, FORMAT_VERSION_MAX, FORMAT_VERSION_MIN,
@@ -437,14 +437,14 @@ impl<'a> Checker<'a> {
                     }
                 }
             }
-            self.srch_file(&format!("{ip}.srch_file"), &lt.srch_file);
+            self.srch_file(&format!("{ip}.srch_file"), &lt.srch_file, false);
             self.fs_tree(&format!("{ip}.item_root"), &lt.item_root);
         }
     }
 
     /// The srch root: srch files and compaction items.
     fn srch_root(&mut self, sb: &SuperBlock) {
-        let mut files: Vec<(String, SrchFile)> = Vec::new();
+        let mut files: Vec<(String, bool, SrchFile)> = Vec::new();
         let mut compacts: Vec<(String, SrchCompact)> = Vec::new();
         self.btree(
             "super.srch_root",
@@ -455,7 +455,19 @@ impl<'a> Checker<'a> {
                 }
                 match k.ty {
                     srch_type::LOG | srch_type::BLOCKS => match exact::<SrchFile>(v) {
-                        Some(f) => files.push((ip.to_string(), f)),
+                        Some(f) => {
+                            // The key names the file: LOG by its first
+                            // blkno, BLOCKS by size and blkno.
+                            let want = if k.ty == srch_type::LOG {
+                                (f.ref_.blkno.get(), 0)
+                            } else {
+                                (f.blocks.get(), f.ref_.blkno.get())
+                            };
+                            if (k.second, k.third) != want || k.first != 0 || k.fourth != 0 {
+                                c.fault(FaultKind::Item, ip, format!("srch file item key {k}"));
+                            }
+                            files.push((ip.to_string(), k.ty == srch_type::BLOCKS, f));
+                        }
                         None => c.fault(
                             FaultKind::Item,
                             ip,
@@ -474,14 +486,26 @@ impl<'a> Checker<'a> {
                 }
             },
         );
-        for (ip, f) in files {
-            self.srch_file(&ip, &f);
+        for (ip, sorted, f) in files {
+            self.srch_file(&ip, &f, sorted);
         }
         for (ip, sc) in compacts {
             self.alloc_list(&format!("{ip}.meta_avail"), &sc.meta_avail);
             self.alloc_list(&format!("{ip}.meta_freed"), &sc.meta_freed);
             if sc.nr as usize > sc.inputs.len() {
                 self.fault(FaultKind::Item, ip, format!("compact nr {}", sc.nr));
+                continue;
+            }
+            // Before the swap the inputs belong to their LOG/BLOCKS items
+            // and the output so far to the compaction; in the delete phase
+            // the output is a BLOCKS item and the inputs wait to be freed.
+            if sc.flags & SRCH_COMPACT_FLAG_DELETE != 0 {
+                for (i, inp) in sc.inputs[..sc.nr as usize].iter().enumerate() {
+                    // Whether they were logs is no longer recorded.
+                    self.srch_file(&format!("{ip}.in[{i}]"), &inp.sfl, false);
+                }
+            } else {
+                self.srch_file(&format!("{ip}.out"), &sc.out, true);
             }
         }
     }

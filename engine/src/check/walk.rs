@@ -230,57 +230,141 @@ impl<'a> Checker<'a> {
         }
     }
 
-    pub(super) fn srch_file(&mut self, path: &str, f: &SrchFile) {
+    /// Walks a srch file: every block once, every leaf's entries decoded
+    /// and matched against its header (count, bytes, smallest, largest,
+    /// last appended), the file's counts and bounds against its leaves,
+    /// and, for `sorted` files (BLOCKS items, compaction outputs), entries
+    /// in order across the whole file (equal neighbours are allowed: the
+    /// original's compaction leaves pairs that straddle a leaf boundary).
+    pub(super) fn srch_file(&mut self, path: &str, f: &SrchFile, sorted: bool) {
         if f.ref_.is_null() {
+            if f.blocks.get() != 0 || f.entries.get() != 0 || f.height != 0 {
+                let msg = format!(
+                    "empty srch file with blocks {} entries {} height {}",
+                    f.blocks.get(),
+                    f.entries.get(),
+                    f.height
+                );
+                self.fault(FaultKind::Structure, path, msg);
+            }
             return;
         }
         if f.height == 0 || f.height > SRCH_MAX_HEIGHT {
             let msg = format!("srch file height {}", f.height);
             return self.fault(FaultKind::Structure, path, msg);
         }
-        self.srch_block(path, &f.ref_, f.height - 1);
+        let mut w = SrchWalk {
+            sorted,
+            ..SrchWalk::default()
+        };
+        self.srch_block(path, &f.ref_, f.height - 1, &mut w);
+        if w.broken {
+            return;
+        }
+        if w.leaves != f.blocks.get() || w.entries != f.entries.get() {
+            let msg = format!(
+                "srch file says {} blocks {} entries, has {} leaves {} entries",
+                f.blocks.get(),
+                f.entries.get(),
+                w.leaves,
+                w.entries
+            );
+            self.fault(FaultKind::Totals, path, msg);
+        }
+        if let (Some(lo), Some(hi)) = (w.min, w.max) {
+            if key_of(&f.first) != lo || key_of(&f.last) != hi {
+                let msg = "srch file first/last are not its smallest/largest entries";
+                self.fault(FaultKind::Structure, path, msg);
+            }
+        }
     }
 
-    fn srch_block(&mut self, path: &str, r: &BlockRef, level: u8) {
+    fn srch_block(&mut self, path: &str, r: &BlockRef, level: u8, w: &mut SrchWalk) {
         let magic = if level > 0 {
             MAGIC_SRCH_PARENT
         } else {
             MAGIC_SRCH_BLOCK
         };
         let Some(blk) = self.read_ref(path, r, magic) else {
+            w.broken = true;
             return;
         };
         let at = format!("{path} -> blkno {} (srch level {level})", r.blkno.get());
         if level > 0 {
             let Some((p, _)) = SrchParent::ref_from_prefix(&blk).ok() else {
+                w.broken = true;
                 return;
             };
-            let refs: Vec<BlockRef> = p.refs.iter().copied().filter(|r| !r.is_null()).collect();
+            // Files are never sparse: used refs come first.
+            let used = p.refs.iter().take_while(|r| !r.is_null()).count();
+            if p.refs[used..].iter().any(|r| !r.is_null()) {
+                self.fault(FaultKind::Structure, at.as_str(), "srch parent with a hole");
+            }
+            let refs: Vec<BlockRef> = p.refs[..used].to_vec();
             for child in refs {
-                self.srch_block(&at, &child, level - 1);
+                self.srch_block(&at, &child, level - 1, w);
             }
             return;
         }
         let Some((sb, _)) = SrchBlockHeader::ref_from_prefix(&blk).ok() else {
+            w.broken = true;
             return;
         };
+        w.leaves += 1;
         let data = &blk[std::mem::size_of::<SrchBlockHeader>()..];
         let mut prev = SrchEntry::new(0, 0, 0);
         let mut pos = 0usize;
+        let (mut lo, mut hi) = (None, None);
         for i in 0..sb.entry_nr.get() {
             match decode_entry(data.get(pos..).unwrap_or(&[]), &prev) {
                 Ok((e, n)) => {
                     pos += n;
                     prev = e;
+                    let k = key_of(&e);
+                    if w.sorted && w.last_sorted.is_some_and(|l| l > k) {
+                        w.broken = true;
+                        let msg = format!("sorted srch file entry {i} out of order");
+                        return self.fault(FaultKind::Structure, at, msg);
+                    }
+                    w.last_sorted = Some(k);
+                    lo = Some(lo.map_or(k, |l: (u64, u64, u64)| l.min(k)));
+                    hi = Some(hi.map_or(k, |h: (u64, u64, u64)| h.max(k)));
                 }
                 Err(e) => {
+                    w.broken = true;
                     return self.fault(FaultKind::Structure, at, format!("entry {i}: {e}"));
                 }
             }
         }
+        w.entries += sb.entry_nr.get() as u64;
         if pos != sb.entry_bytes.get() as usize {
             let msg = format!("entry_bytes {} but entries use {pos}", sb.entry_bytes.get());
-            self.fault(FaultKind::Structure, at, msg);
+            self.fault(FaultKind::Structure, at.as_str(), msg);
+        }
+        if let (Some(l), Some(h)) = (lo, hi) {
+            if key_of(&sb.first) != l || key_of(&sb.last) != h || key_of(&sb.tail) != key_of(&prev)
+            {
+                let msg = "srch block first/last/tail disagree with its entries";
+                self.fault(FaultKind::Structure, at.as_str(), msg);
+            }
+            w.min = Some(w.min.map_or(l, |m| m.min(l)));
+            w.max = Some(w.max.map_or(h, |m| m.max(h)));
         }
     }
+}
+
+/// What a srch file walk gathered.
+#[derive(Default)]
+struct SrchWalk {
+    sorted: bool,
+    broken: bool,
+    leaves: u64,
+    entries: u64,
+    min: Option<(u64, u64, u64)>,
+    max: Option<(u64, u64, u64)>,
+    last_sorted: Option<(u64, u64, u64)>,
+}
+
+fn key_of(e: &SrchEntry) -> (u64, u64, u64) {
+    (e.hash.get(), e.ino.get(), e.id.get())
 }

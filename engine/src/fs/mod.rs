@@ -39,8 +39,7 @@
 //!
 //! Not done here: permission checks (the frontend checks with the caller's
 //! uid/gid/groups, e.g. FUSE `default_permissions`), POSIX ACL enforcement
-//! (ACL xattrs are stored like any other), `.srch.` log entries (the item API
-//! has no srch log yet), data preallocation, atime updates on read (atime
+//! (ACL xattrs are stored like any other), data preallocation, atime updates on read (atime
 //! changes only through
 //! setattr).
 //!

@@ -77,6 +77,7 @@ pub struct TagCounters {
     pub quota_checks: AtomicU64,
     pub quota_edquot: AtomicU64,
     pub quota_rule_reads: AtomicU64,
+    pub srch_searches: AtomicU64,
 }
 
 impl TagCounters {
@@ -87,6 +88,7 @@ impl TagCounters {
             ("quota_checks", g(&self.quota_checks)),
             ("quota_edquot", g(&self.quota_edquot)),
             ("quota_rule_reads", g(&self.quota_rule_reads)),
+            ("srch_search_xattrs", g(&self.srch_searches)),
             ("xattr_indx_reads", g(&self.indx_reads)),
             ("xattr_totl_reads", g(&self.totl_reads)),
         ]
@@ -512,6 +514,34 @@ impl Fs {
         let stable = self.stable()?;
         let out = stable.totals(from, max).await?;
         self.tag_counters.totl_reads.fetch_add(1, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Inodes that may carry the `.srch.` xattr `name`, from `first_ino`
+    /// to `last_ino`, from committed state (the SEARCH_XATTRS ioctl, §8.3):
+    /// hash collisions and removals not yet committed are included; the
+    /// caller checks. `done` is false when the search stopped early at its
+    /// tracking limit: continue after the last inode. A name without the
+    /// `.srch.` tag is EINVAL.
+    pub async fn search_xattrs(
+        &self,
+        name: &[u8],
+        first_ino: u64,
+        last_ino: u64,
+        limit: usize,
+    ) -> FsResult<crate::srch::search::Found> {
+        match super::xattr::parse_tags(name) {
+            Ok((tags, _)) if tags.srch => {}
+            _ => return Err(libc::EINVAL),
+        }
+        let stable = self.stable()?;
+        let hash = crate::format::hash::fnv1a64(name);
+        let out = stable
+            .search_xattrs(hash, first_ino, last_ino, limit)
+            .await?;
+        self.tag_counters
+            .srch_searches
+            .fetch_add(1, Ordering::Relaxed);
         Ok(out)
     }
 

@@ -21,8 +21,12 @@
 //! `14/<major,minor,ino,xid>`. Syntax errors are EINVAL.
 //!
 //! Reads of what the tags record (totals, index entries) are in
-//! [`super::quota`], through the stable-root reader. Not done: `.srch.`
-//! log entries (the item API offers no srch log yet).
+//! [`super::quota`], through the stable-root reader. `.srch.` names log
+//! `(fnv1a64(name), ino, id)` with [`Transactions::srch_add`] when they are
+//! created or deleted (also when their inode is deleted); a value change
+//! logs nothing (§7.3). Searches are in [`super::query`].
+//!
+//! [`Transactions::srch_add`]: crate::item::api::Transactions::srch_add
 //! The totl delta is written with `Items::create_force` on the totl key;
 //! the item layer must treat zone 12 values as deltas (§2.5) — the item API
 //! has no separate delta call.
@@ -33,12 +37,13 @@
 use zerocopy::FromBytes;
 
 use super::{bytes_of, Batch, Ctx, Fs, FsResult};
-use crate::format::hash::xattr_name_hash;
+use crate::format::hash::{fnv1a64, xattr_name_hash};
 use crate::format::items::{
     indx_key, totl_key, xattr_key, xattr_nr_parts, TotlValue, XattrHeader, XATTR_NAME_MAX,
     XATTR_VALUE_MAX,
 };
 use crate::format::key::Key;
+use crate::format::srch::SrchEntry;
 use crate::format::{FORMAT_VERSION_V2, MAX_VAL_SIZE};
 use crate::lock::LockMode;
 
@@ -356,6 +361,9 @@ impl Fs {
             }
             _ => {}
         }
+        if tags.srch && old.is_none() {
+            self.trans.srch_add(SrchEntry::new(fnv1a64(name), ino, id));
+        }
         b.inode(ino).ctime = now.to_disk();
         b.dirty(ino);
         b.store_all().await?;
@@ -456,10 +464,18 @@ impl Fs {
                 .delete(xattr_key(ino, old.hash, old.id, nr as u8))
                 .await?;
         }
-        let side = match parse_tags(name) {
-            Ok((tags, at)) => side_of(&tags, &name[at..], self.fmt_vers).unwrap_or(Side::None),
-            Err(_) => Side::None,
+        let (side, srch) = match parse_tags(name) {
+            Ok((tags, at)) => (
+                side_of(&tags, &name[at..], self.fmt_vers).unwrap_or(Side::None),
+                tags.srch,
+            ),
+            Err(_) => (Side::None, false),
         };
+        if srch {
+            // The second identical entry cancels the first (§1.9).
+            self.trans
+                .srch_add(SrchEntry::new(fnv1a64(name), ino, old.id));
+        }
         match side {
             Side::Totl(a, b, c) => {
                 let o = totl_value(&old.value).unwrap_or(0);

@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::format::srch::SrchEntry;
 use crate::format::Key;
 
 pub type ItemFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, i32>> + Send + 'a>>;
@@ -82,4 +83,8 @@ pub trait Transactions: Send + Sync {
 
     /// Adds to the inode count this transaction reports to the server.
     fn add_inode_count(&self, delta: i64);
+
+    /// Logs a `.srch.` entry (§1.9, §7.3) in the open transaction: the
+    /// commit appends it to the mount's srch log file. Called under a hold.
+    fn srch_add(&self, entry: SrchEntry);
 }

@@ -30,9 +30,11 @@ use crate::format::log_trees::{
 use crate::format::net::{
     Cmd, NetGreeting, NetInodeAlloc, NetRoots, NetStatfs, GREETING_FLAG_QUORUM,
 };
+use crate::format::srch::SrchCompact;
 use crate::format::superblock::{AllocListHead, AllocRoot, SuperBlock, ALLOC_FLAG_LOW};
 use crate::merge;
 use crate::merge::server::CommitOutcome;
+use crate::srch;
 
 type HResult = std::result::Result<Reply, i32>;
 
@@ -97,6 +99,8 @@ impl Server {
             Cmd::Farewell => self.farewell(st, rid).await,
             Cmd::GetLogMerge => self.get_log_merge(st, rid).await,
             Cmd::CommitLogMerge => self.commit_log_merge(st, rid, payload).await,
+            Cmd::SrchGetCompact => self.srch_get_compact(st, rid).await,
+            Cmd::SrchCommitCompact => self.srch_commit_compact(st, rid, payload).await,
             _ => Err(libc::EINVAL),
         }
     }
@@ -374,14 +378,17 @@ impl Server {
     }
 
     /// Finalizes the rid's committed tree `lt` in place and in logs_root:
-    /// allocators returned, FINALIZED with `finalize_seq = next_seq`.
-    /// (The srch log would rotate here too: srch isn't in the server yet.)
+    /// srch log rotated into srch_root, allocators returned, FINALIZED with
+    /// `finalize_seq = next_seq`. The zeroed srch file is written back in
+    /// the same commit as its srch_root item (trap 22, 35bcad91): a merge
+    /// deletes finalized trees, and would take an unrotated log with them.
     async fn finalize_tree(
         &self,
         st: &mut State,
         lt: &mut LogTrees,
     ) -> std::result::Result<(), i32> {
         debug_assert!(!is_open(lt) && !is_finalized(lt));
+        self.rotate_srch_log(st, lt, true).await?;
         self.return_allocators(st, lt).await?;
         merge::server::finalize(lt, st.next_seq());
         let key = log_trees_key(lt.rid.get(), lt.nr.get());
@@ -517,6 +524,7 @@ impl Server {
         lt.inode_count_delta = lin.inode_count_delta;
         lt.commit_trans_seq = gts.into();
         st.core_seq = st.core_seq.max(lt.max_item_seq.get());
+        self.rotate_srch_log(st, &mut lt, false).await?;
         let State { sb, alloc, .. } = st;
         self.btree
             .update(&mut sb.logs_root, alloc, &key, lt.as_bytes())
@@ -526,6 +534,56 @@ impl Server {
         // back for as long as its mount stays idle.
         self.finalize_waiting(st).await?;
         reply(Vec::new(), true)
+    }
+
+    /// Moves `lt`'s srch log into srch_root when it is big enough (or at
+    /// all, when `force`); the caller stores `lt` in this commit.
+    async fn rotate_srch_log(
+        &self,
+        st: &mut State,
+        lt: &mut LogTrees,
+        force: bool,
+    ) -> std::result::Result<bool, i32> {
+        let State { sb, alloc, .. } = st;
+        srch::server::rotate_log(
+            &self.btree,
+            alloc,
+            sb,
+            &mut lt.srch_file,
+            force,
+            self.opts.srch_log_rotate_blocks,
+        )
+        .await
+        .map_err(errno)
+    }
+
+    /// SRCH_GET_COMPACT: compaction work for `rid` (nr 0: none).
+    async fn srch_get_compact(&self, st: &mut State, rid: u64) -> HResult {
+        if !self.is_mounted(&st.sb, rid).await? {
+            return Err(libc::ENOLINK);
+        }
+        let budget = self.budget(&st.sb);
+        let keep = budget.server_keep + budget.merge_blocks;
+        let before = st.sb;
+        let State { sb, alloc, .. } = st;
+        let sc = srch::server::get_compact(&self.btree, alloc, sb, rid, keep)
+            .await
+            .map_err(errno)?;
+        let changed = sb.as_bytes() != before.as_bytes();
+        match sc {
+            Some(sc) => reply(sc.as_bytes().to_vec(), changed),
+            None => reply(SrchCompact::new_zeroed().as_bytes().to_vec(), false),
+        }
+    }
+
+    /// SRCH_COMMIT_COMPACT: a compaction step's result from `rid`.
+    async fn srch_commit_compact(&self, st: &mut State, rid: u64, payload: &[u8]) -> HResult {
+        let res = SrchCompact::read_from_bytes(payload).map_err(|_| libc::EINVAL)?;
+        let State { sb, alloc, .. } = st;
+        let done = srch::server::commit_compact(&self.btree, alloc, sb, rid, &res)
+            .await
+            .map_err(errno)?;
+        reply(Vec::new(), done != srch::server::Committed::Unknown)
     }
 
     /// GET_ROOTS: the roots of the last super written.
@@ -598,12 +656,20 @@ impl Server {
     /// then delete its mounted_client item.
     async fn farewell(&self, st: &mut State, rid: u64) -> HResult {
         let mut commit = self.cancel_merge_requests(st, rid).await? > 0;
+        {
+            let State { sb, alloc, .. } = &mut *st;
+            let n = srch::server::cancel_compacts(&self.btree, alloc, sb, rid)
+                .await
+                .map_err(errno)?;
+            commit |= n > 0;
+        }
         if let Some(mut lt) = self
             .newest_log_trees(&st.sb, rid)
             .await?
             .filter(|lt| !is_finalized(lt))
         {
             let key = log_trees_key(rid, lt.nr.get());
+            self.rotate_srch_log(st, &mut lt, true).await?;
             self.return_allocators(st, &mut lt).await?;
             // An open transaction is lost with the mount: close it.
             lt.commit_trans_seq = lt.get_trans_seq;

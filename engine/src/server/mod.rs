@@ -55,9 +55,14 @@
 //!   itself and mounts with an open transaction are asked to commit
 //!   ([`Server::take_sync_requests`] → SYNC_LOG_TREES); their trees are
 //!   finalized when that commit arrives.
+//! * srch (§1.9, through [`crate::srch::server`]): COMMIT_LOG_TREES rotates
+//!   a mount's srch log into srch_root once it has 16 blocks, finalization
+//!   and FAREWELL always do, in the commit that stores the zeroed file
+//!   (trap 22); SRCH_GET/COMMIT_COMPACT hand out compactions and swap
+//!   their output in; FAREWELL puts the rid's compactions back to PENDING.
 //!
-//! Not yet here: srch rotation and the batching of several handlers into
-//! one commit (each handler commits on its own).
+//! Not yet here: the batching of several handlers into one commit (each
+//! handler commits on its own).
 //!
 //! Touches `block` (its own cache over the meta device), `btree`, `alloc`,
 //! `merge` (its server half), `format`, `runtime` (spawning handlers, seqs)
@@ -109,6 +114,9 @@ pub struct ServerOptions {
     /// Whether GET_LOG_TREES finalizes trees at all. Only tests that look
     /// at allocator pressure alone turn it off: such a volume never merges.
     pub finalize: bool,
+    /// A mount's srch log file moves into srch_root at a commit once it
+    /// has this many blocks (16 in the original, §1.9); tests lower it.
+    pub srch_log_rotate_blocks: u64,
 }
 
 impl Default for ServerOptions {
@@ -119,6 +127,7 @@ impl Default for ServerOptions {
             reserve_log_blocks: 0,
             finalize_height: 2,
             finalize: true,
+            srch_log_rotate_blocks: crate::srch::LOG_ROTATE_BLOCKS,
         }
     }
 }

@@ -42,9 +42,14 @@
 //!   every item call passes [`Mount::check_lock`], the single place where
 //!   cluster-lock coverage will be enforced.
 //!
-//! Touches `block`, `btree`, `alloc`, `forest`, `item`, `format`, the
-//! `link` (GET_LOG_TREES, COMMIT_LOG_TREES, GET_ROOTS via the forest,
-//! ALLOC_INODES) and the runtime (spawn, sleep, randomness). Locks: short std
+//! `.srch.` entries logged under a hold ([`Transactions::srch_add`]) are
+//! appended to the log tree's srch file by the commit that writes the
+//! transaction's items (§1.9); the srch compaction worker
+//! (`srch_worker.rs`) runs beside the merge worker.
+//!
+//! Touches `block`, `btree`, `alloc`, `forest`, `item`, `srch`, `format`,
+//! the `link` (GET_LOG_TREES, COMMIT_LOG_TREES, GET_ROOTS via the forest,
+//! ALLOC_INODES, SRCH_GET/COMMIT_COMPACT) and the runtime (spawn, sleep, randomness). Locks: short std
 //! mutexes never held across `.await`; `futures::lock::Mutex`es serialize
 //! commits, allocator use and the inode pool.
 
@@ -68,6 +73,7 @@ use crate::format::btree::LEAF_EMPTY_FREE;
 use crate::format::items::TotlValue;
 use crate::format::log_trees::LogTrees;
 use crate::format::net::{Cmd, NetInodeAlloc};
+use crate::format::srch::{SrchEntry, SRCH_BLOCK_SAFE_BYTES, SRCH_ENTRY_MAX_BYTES};
 use crate::format::superblock::{SuperBlock, ALLOC_FLAG_LOW};
 use crate::format::{
     BlockRef, Key, LG_BLOCK_SIZE, MAGIC_BLOOM, MAGIC_SUPER, SM_BLOCK_SHIFT, SM_BLOCK_SIZE,
@@ -79,9 +85,12 @@ use crate::link::ServerLink;
 use crate::merge::client::is_delta_key;
 use crate::runtime::{JoinHandle, Runtime};
 use crate::server::alloc::CLIENT_DATA_FILL_LO;
+use crate::srch::file::SrchWriter;
 
 mod merge_worker;
+mod srch_worker;
 pub use merge_worker::{MergeStats, MERGE_INTERVAL_DEFAULT};
+pub use srch_worker::{SrchStats, SRCH_COMPACT_INTERVAL_DEFAULT};
 
 /// A hold forces a commit first when `meta_avail` has fewer blocks.
 pub const META_AVAIL_MIN_BLOCKS: u64 = 16;
@@ -113,6 +122,11 @@ pub struct MountOptions {
     /// Ask the server for log merge work this often (§2.4); `None`: only
     /// through [`Mount::merge_now`].
     pub merge_interval: Option<Duration>,
+    /// Ask the server for srch compaction work this often (§8.3
+    /// `compact_delay_ms`); `None`: only through [`Mount::srch_compact_now`].
+    pub srch_compact_interval: Option<Duration>,
+    /// When a srch compaction step stops to commit its progress.
+    pub srch_limits: crate::srch::compact::CompactLimits,
 }
 
 impl Default for MountOptions {
@@ -123,6 +137,8 @@ impl Default for MountOptions {
             commit_interval: Some(COMMIT_INTERVAL_DEFAULT),
             commit_retry: Some(COMMIT_RETRY_DEFAULT),
             merge_interval: Some(MERGE_INTERVAL_DEFAULT),
+            srch_compact_interval: Some(SRCH_COMPACT_INTERVAL_DEFAULT),
+            srch_limits: crate::srch::compact::CompactLimits::default(),
         }
     }
 }
@@ -234,6 +250,10 @@ struct Inner {
     /// items are written with at least this seq (§2.1).
     lock_write_seq: AtomicU64,
     merge: merge_worker::MergeState,
+    /// `.srch.` entries of the open transaction: the commit appends them
+    /// to the log tree's srch file (§1.9).
+    srch_pending: Mutex<Vec<SrchEntry>>,
+    srch: srch_worker::SrchState,
 }
 
 /// The client side of one mounted volume.
@@ -241,6 +261,7 @@ pub struct Mount {
     inner: Arc<Inner>,
     timer: Option<JoinHandle<()>>,
     merger: Option<JoinHandle<()>>,
+    compactor: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Mount {
@@ -280,6 +301,7 @@ impl Mount {
     ) -> Result<Mount, i32> {
         let sb = read_super(&meta).await?;
         let merge = merge_worker::MergeState::new(&meta, sb.hdr.fsid.get(), &rt);
+        let meta2 = meta.clone();
         let rt2 = rt.clone();
         let cache = Arc::new(BlockCache::new(
             meta,
@@ -313,6 +335,8 @@ impl Mount {
             inode_delta: AtomicI64::new(0),
             lock_write_seq: AtomicU64::new(0),
             merge,
+            srch_pending: Mutex::new(Vec::new()),
+            srch: srch_worker::SrchState::new(&meta2, sb.hdr.fsid.get(), &rt),
             opts,
             rt,
         });
@@ -335,10 +359,17 @@ impl Mount {
                 .rt
                 .spawn(merge_worker::merge_worker(weak, inner.rt.clone(), interval))
         });
+        let compactor = inner.opts.srch_compact_interval.map(|interval| {
+            let weak = Arc::downgrade(&inner);
+            inner
+                .rt
+                .spawn(srch_worker::srch_worker(weak, inner.rt.clone(), interval))
+        });
         Ok(Mount {
             inner,
             timer,
             merger,
+            compactor,
         })
     }
 
@@ -433,6 +464,7 @@ impl Drop for Mount {
         // Dropping the handle cancels the timer task.
         self.timer.take();
         self.merger.take();
+        self.compactor.take();
     }
 }
 
@@ -488,8 +520,16 @@ impl Inner {
         st.item_root_height = lt.item_root.height;
     }
 
+    fn srch_pending_nr(&self) -> usize {
+        self.srch_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     fn has_changes(&self) -> bool {
         self.items.dirty_usage().0 > 0
+            || self.srch_pending_nr() > 0
             || self.btree.cache().dirty_count() > 0
             || self.inode_delta.load(Ordering::Relaxed) != 0
     }
@@ -497,14 +537,22 @@ impl Inner {
     /// Metadata blocks the next commit may need to COW, generously.
     fn dirty_block_estimate(&self) -> u64 {
         let (nr, bytes) = self.items.dirty_usage();
+        // Each srch entry takes at most 26 bytes of a leaf; a new leaf
+        // may COW its path of parents.
+        let srch = self.srch_pending_nr() as u64;
+        let srch_blocks = if srch == 0 {
+            0
+        } else {
+            srch * SRCH_ENTRY_MAX_BYTES as u64 / SRCH_BLOCK_SAFE_BYTES as u64 + 4
+        };
         if nr == 0 {
-            return self.btree.cache().dirty_count() as u64;
+            return self.btree.cache().dirty_count() as u64 + srch_blocks;
         }
         let height = self.lock().item_root_height as u64 + 1;
         // Leaves half full after splits, each with its path, plus the bloom
         // block and allocator list blocks.
         let leaves = (bytes / (LEAF_EMPTY_FREE / 2)) as u64 + 1;
-        self.btree.cache().dirty_count() as u64 + leaves * (height + 1) + 4
+        self.btree.cache().dirty_count() as u64 + leaves * (height + 1) + 4 + srch_blocks
     }
 
     async fn hold(self: &Arc<Self>, allocating: bool) -> Result<HoldGuard, i32> {
@@ -650,10 +698,15 @@ impl Inner {
             && self.btree.cache().dirty_count() == 0
             && delta == 0
             && !ts.data_changed
+            && self.srch_pending_nr() == 0
         {
             return Ok(());
         }
-        if let Err(e) = self.build_tree(&mut ts, &snap).await {
+        // Holders are drained: every entry logged so far belongs to this
+        // transaction, and it lands in the tree this commit writes.
+        let srch =
+            std::mem::take(&mut *self.srch_pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Err(e) = self.build_tree(&mut ts, &snap, &srch).await {
             // The dirty tree is unspecified now: nothing more can commit.
             self.lock().broken = Some(libc::EIO);
             return Err(e);
@@ -691,8 +744,14 @@ impl Inner {
         Ok(())
     }
 
-    /// Steps 2–4: dirty items into the log tree, bloom bits, allocators.
-    async fn build_tree(&self, ts: &mut TreeState, snap: &DirtySnapshot) -> Result<(), i32> {
+    /// Steps 2–4: dirty items into the log tree, bloom bits, srch log
+    /// entries, allocators.
+    async fn build_tree(
+        &self,
+        ts: &mut TreeState,
+        snap: &DirtySnapshot,
+        srch: &[SrchEntry],
+    ) -> Result<(), i32> {
         let TreeState {
             lt,
             alloc,
@@ -717,6 +776,14 @@ impl Inner {
         if !missing.is_empty() {
             self.set_bloom(lt, alloc, &missing).await.map_err(errno)?;
             bloom_set.extend(missing);
+        }
+        if !srch.is_empty() {
+            let mut w =
+                SrchWriter::new(self.btree.cache(), alloc, lt.srch_file, true).map_err(errno)?;
+            for e in srch {
+                w.append(e).await.map_err(errno)?;
+            }
+            lt.srch_file = w.finish().map_err(errno)?;
         }
         Ok(())
     }
@@ -966,5 +1033,13 @@ impl Transactions for Mount {
 
     fn add_inode_count(&self, delta: i64) {
         self.inner.inode_delta.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    fn srch_add(&self, entry: SrchEntry) {
+        self.inner
+            .srch_pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(entry);
     }
 }

@@ -156,6 +156,8 @@ pub struct MemTrans {
     pub syncs: AtomicU64,
     /// Blocks freed (blkno, count), in order.
     pub freed: Mutex<Vec<(u64, u64)>>,
+    /// `.srch.` entries logged, in order.
+    pub srch: Mutex<Vec<engine::format::srch::SrchEntry>>,
 }
 
 impl Default for MemTrans {
@@ -170,6 +172,7 @@ impl Default for MemTrans {
             holds: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             freed: Mutex::new(Vec::new()),
+            srch: Mutex::new(Vec::new()),
         }
     }
 }
@@ -222,6 +225,10 @@ impl Transactions for MemTrans {
 
     fn add_inode_count(&self, delta: i64) {
         self.inode_count.fetch_add(delta, Ordering::SeqCst);
+    }
+
+    fn srch_add(&self, entry: engine::format::srch::SrchEntry) {
+        self.srch.lock().unwrap().push(entry);
     }
 }
 

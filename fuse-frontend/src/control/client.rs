@@ -350,6 +350,19 @@ impl Client {
             .collect()
     }
 
+    /// One SEARCH_XATTRS batch: (inodes that may carry `name` from
+    /// `next..=last`, whether the search covered everything to `last`).
+    pub fn search_xattrs(&self, name: &[u8], next: u64, last: u64) -> io::Result<(Vec<u64>, bool)> {
+        let mut req = Enc::request(Op::SearchXattrs);
+        req.u64(next).u64(last).bytes(name);
+        let body = self.call(&req, None)?;
+        let mut d = Dec::new(&body);
+        let flags = d.u32()?;
+        let n = d.u32()?;
+        let inos = (0..n).map(|_| d.u64()).collect::<io::Result<Vec<u64>>>()?;
+        Ok((inos, flags & super::proto::SEARCH_FLAG_END != 0))
+    }
+
     /// One batch of `.indx.` entries (major, minor, ino) in `first..=last`.
     pub fn read_xattr_index(
         &self,

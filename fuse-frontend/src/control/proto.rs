@@ -32,6 +32,11 @@ pub const REFS_BYTES_MAX: usize = MSG_BYTES_MAX - 1024;
 pub const TOTALS_BATCH_MAX: usize = 1024;
 /// Entries a READ_XATTR_INDEX reply carries at most.
 pub const INDEX_BATCH_MAX: usize = 1024;
+/// Entries a SEARCH_XATTRS search tracks, and so inodes a reply carries,
+/// at most (8 bytes each in one message).
+pub const SEARCH_BATCH_MAX: usize = 7000;
+/// SEARCH_XATTRS reply flag: the search covered everything to `last_ino`.
+pub const SEARCH_FLAG_END: u32 = 1;
 /// Rules a QUOTA_LIST reply carries at most.
 pub const QUOTA_BATCH_MAX: usize = 1024;
 /// Bytes of a quota rule value.
@@ -99,6 +104,9 @@ pub enum Op {
     QuotaDel = 26,
     /// – → deleted count u64 (CAP_SYS_ADMIN).
     QuotaWipe = 27,
+    /// next_ino, last_ino, name → flags u32 (bit0 END), n u32, n × ino
+    /// (CAP_SYS_ADMIN; commits first).
+    SearchXattrs = 31,
 }
 
 impl Op {
@@ -129,6 +137,7 @@ impl Op {
             25 => Op::QuotaAdd,
             26 => Op::QuotaDel,
             27 => Op::QuotaWipe,
+            31 => Op::SearchXattrs,
             _ => return None,
         })
     }

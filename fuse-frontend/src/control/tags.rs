@@ -1,6 +1,7 @@
 //! The control-socket ops of the xattr tags and quotas
-//! (docs/control-socket.md ops 11–17): READ_XATTR_TOTALS,
-//! READ_XATTR_INDEX, LIST_HIDDEN_XATTRS and the QUOTA_* rule commands.
+//! (docs/control-socket.md ops 21–27 and 31): READ_XATTR_TOTALS,
+//! READ_XATTR_INDEX, LIST_HIDDEN_XATTRS, the QUOTA_* rule commands and
+//! SEARCH_XATTRS.
 //!
 //! Reads of committed state (totals, index, rules) first commit this
 //! mount's open transaction, as the walks do, so `setfattr …; scoutfs
@@ -17,7 +18,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::proto::{
     Dec, Enc, Op, INDEX_BATCH_MAX, MSG_BYTES_MAX, QUOTA_BATCH_MAX, QUOTA_RULE_BYTES,
-    TOTALS_BATCH_MAX,
+    SEARCH_BATCH_MAX, SEARCH_FLAG_END, TOTALS_BATCH_MAX,
 };
 use super::Engine;
 
@@ -137,6 +138,21 @@ pub(super) fn run_tag_op(
         Op::QuotaWipe => {
             let n = run(e.bridge.run(async move { fs.quota_wipe().await }))?;
             out.u64(n as u64);
+            Ok(out)
+        }
+        Op::SearchXattrs => {
+            let next = d.u64().map_err(dec)?;
+            let last = d.u64().map_err(dec)?;
+            let name = d.bytes().map_err(dec)?.to_vec();
+            let found = run(e.bridge.run(async move {
+                fs.fsync().await?;
+                fs.search_xattrs(&name, next, last, SEARCH_BATCH_MAX).await
+            }))?;
+            let flags = if found.done { SEARCH_FLAG_END } else { 0 };
+            out.u32(flags).u32(found.inos.len() as u32);
+            for ino in found.inos {
+                out.u64(ino);
+            }
             Ok(out)
         }
         _ => Err(libc::EINVAL),
