@@ -7,6 +7,8 @@
 //! why and tells the test to return when either is missing.
 #![allow(dead_code)]
 
+pub mod watchdog;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,464 @@
+//! Failover under load (issue 6 acceptance, TESTING.md §9).
+//!
+//! * `leader_killed_under_load`: three quorum slots, three mounts (each a
+//!   member, `quorum_heartbeat_timeout_ms=2000`), a writer on each mount
+//!   creating files and appending to a log, fsync'ing each and recording
+//!   only what an fsync returned for. The serving node's daemon is killed
+//!   with SIGKILL; the two left hold a majority and must elect a new
+//!   leader, which fences the dead one (its rid lock is free: at once) and
+//!   reclaims its mount, and both survivors' writers must go on without an
+//!   error within the heartbeat timeout plus fencing ([`SERVE_LIMIT`]).
+//!   Every file the dead mount had fsync'd is read back from a survivor
+//!   (its locks were recovered), then the slot is mounted again (a new
+//!   rid) and the next round kills whoever leads then.
+//!   `SCOUTFS_FAILOVER_KILLS` rounds (default 2, 20 with `--long`). At
+//!   the end everything fsync'd is read back from every mount, the mounts
+//!   unmount, the super lists no mounted client (every killed rid was
+//!   reclaimed) and the volume checks clean.
+//! * `watchdog_aborts_a_hung_mount`: the hang watchdog itself: a daemon
+//!   stopped with SIGSTOP hangs a stat in D state; the watchdog reports it
+//!   and aborts the connection, so the stat fails instead of hanging.
+//!
+//! Every step runs under the hang watchdog (`support::watchdog`).
+// These tests drive real processes in real time.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use support::watchdog::{run_dir, Watchdog};
+use support::*;
+
+/// Heartbeat timeout (2 s) + election + fencing + opening the server +
+/// the survivors reconnecting and recovering their locks.
+const SERVE_LIMIT: Duration = Duration::from_secs(20);
+/// Any single step of the test that is not a failover.
+const STEP_LIMIT: Duration = Duration::from_secs(90);
+
+/// The tests of this file take turns: each runs several daemons with
+/// 2 s heartbeats, and two at once on two cores would starve them.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The status tree of the daemon with `pid`.
+fn tree_of(pid: u32) -> Option<PathBuf> {
+    fs::read_dir(run_dir()).ok()?.flatten().map(|e| e.path()).find(|p| {
+        fs::read_to_string(p.join("pid")).is_ok_and(|s| s.trim() == pid.to_string())
+    })
+}
+
+fn tree_value(pid: u32, file: &str) -> Option<String> {
+    let t = tree_of(pid)?;
+    fs::read_to_string(t.join(file))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Deterministic file contents for a writer's `n`th file.
+fn content(mount: usize, gen: usize, n: u64) -> Vec<u8> {
+    let len = 1 + ((n * 7919 + gen as u64 * 131) % 40_000) as usize;
+    (0..len)
+        .map(|i| (i as u64 ^ n ^ ((mount as u64) << 4) ^ ((gen as u64) << 8)) as u8)
+        .collect()
+}
+
+/// What one writer's fsyncs returned for.
+#[derive(Default)]
+struct Synced {
+    /// (relative path, mount, gen, n) of whole files.
+    files: Vec<(PathBuf, usize, usize, u64)>,
+    /// (relative path of the log, bytes fsync'd).
+    log: Option<(PathBuf, u64)>,
+}
+
+/// A writer on one mount, until stopped or its mount is killed.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    /// Set before the mount's daemon is killed: errors are expected then.
+    killed: Arc<AtomicBool>,
+    fsyncs: Arc<AtomicU64>,
+    synced: Arc<Mutex<Synced>>,
+    errors: Arc<Mutex<Vec<String>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn log_line(mount: usize, gen: usize, n: u64) -> String {
+    format!("{mount:02} {gen:04} {n:010}\n")
+}
+
+impl Writer {
+    fn start(mnt: &Path, mount: usize, gen: usize) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let killed = Arc::new(AtomicBool::new(false));
+        let fsyncs = Arc::new(AtomicU64::new(0));
+        let synced = Arc::new(Mutex::new(Synced::default()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let (s, k, f, sy, e) = (
+            stop.clone(),
+            killed.clone(),
+            fsyncs.clone(),
+            synced.clone(),
+            errors.clone(),
+        );
+        let mnt = mnt.to_path_buf();
+        let thread = std::thread::spawn(move || {
+            let dir = PathBuf::from(format!("w{mount}-{gen}"));
+            let log = dir.join("log");
+            let mut logged = 0u64;
+            let res = (|| -> std::io::Result<()> {
+                fs::create_dir(mnt.join(&dir))?;
+                let mut n = 0u64;
+                while !s.load(Ordering::SeqCst) {
+                    let rel = dir.join(format!("f{n}"));
+                    let mut h = fs::File::create(mnt.join(&rel))?;
+                    h.write_all(&content(mount, gen, n))?;
+                    h.sync_all()?;
+                    sy.lock().unwrap().files.push((rel, mount, gen, n));
+                    let line = log_line(mount, gen, n);
+                    let mut l = fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .mode(0o644)
+                        .open(mnt.join(&log))?;
+                    l.write_all(line.as_bytes())?;
+                    l.sync_all()?;
+                    logged += line.len() as u64;
+                    sy.lock().unwrap().log = Some((log.clone(), logged));
+                    f.fetch_add(1, Ordering::SeqCst);
+                    n += 1;
+                }
+                Ok(())
+            })();
+            if let Err(err) = res {
+                if !k.load(Ordering::SeqCst) {
+                    e.lock()
+                        .unwrap()
+                        .push(format!("writer {mount} gen {gen}: {err}"));
+                }
+            }
+        });
+        Writer {
+            stop,
+            killed,
+            fsyncs,
+            synced,
+            errors,
+            thread: Some(thread),
+        }
+    }
+
+    fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::SeqCst)
+    }
+
+    fn errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap().clone()
+    }
+
+    fn finish(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("writer thread");
+        }
+    }
+}
+
+/// Reads back, on `mnt`, everything `w` had fsync'd.
+fn verify(mnt: &Path, w: &Writer) -> usize {
+    let s = w.synced.lock().unwrap();
+    for (rel, mount, gen, n) in &s.files {
+        let got = fs::read(mnt.join(rel))
+            .unwrap_or_else(|e| panic!("fsync'd {} lost on {}: {e}", rel.display(), mnt.display()));
+        assert!(
+            got == content(*mount, *gen, *n),
+            "fsync'd {} differs on {} ({} bytes)",
+            rel.display(),
+            mnt.display(),
+            got.len()
+        );
+    }
+    if let Some((log, len)) = &s.log {
+        let got = fs::read(mnt.join(log)).expect("fsync'd log");
+        assert!(
+            got.len() as u64 >= *len,
+            "{}: {} bytes fsync'd, {} there",
+            log.display(),
+            len,
+            got.len()
+        );
+        for (i, line) in got[..*len as usize].chunks(log_line(0, 0, 0).len()).enumerate() {
+            let (_, m, g, _) = &s.files[i];
+            assert_eq!(
+                line,
+                log_line(*m, *g, i as u64).as_bytes(),
+                "{} line {i}",
+                log.display()
+            );
+        }
+    }
+    s.files.len()
+}
+
+fn slot_opts(slot: usize) -> String {
+    format!("quorum_slot_nr={slot},quorum_heartbeat_timeout_ms=2000")
+}
+
+/// Starts daemons for `slots` side by side: members of a three-slot
+/// volume wait for a majority before they mount.
+fn start_members(v: &Volume, mnts: &[PathBuf], slots: &[usize]) -> Vec<Daemon> {
+    std::thread::scope(|sc| {
+        let hs: Vec<_> = slots
+            .iter()
+            .map(|&s| {
+                let (m, o) = (mnts[s].clone(), slot_opts(s));
+                sc.spawn(move || Daemon::start_on(v, &m, Some(&o)))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("daemon start"))
+            .collect()
+    })
+}
+
+/// The index of the daemon that leads (its status tree says so).
+fn leader(daemons: &[Option<Daemon>]) -> Option<usize> {
+    let leaders: Vec<usize> = daemons
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            let d = d.as_ref()?;
+            (tree_value(d.child.id(), "quorum/is_leader")? == "1").then_some(i)
+        })
+        .collect();
+    (leaders.len() == 1).then(|| leaders[0])
+}
+
+fn term_of(d: &Daemon) -> u64 {
+    tree_value(d.child.id(), "quorum/term")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reads the super from the metadata image: whether it lists mounted
+/// clients.
+fn mounted_clients_empty(meta: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    use zerocopy::FromBytes;
+    let f = fs::File::open(meta).expect("meta image");
+    let mut buf = vec![0u8; engine::format::SM_BLOCK_SIZE];
+    f.read_exact_at(
+        &mut buf,
+        engine::format::SUPER_BLKNO << engine::format::SM_BLOCK_SHIFT,
+    )
+    .expect("read super");
+    let (sb, _) =
+        engine::format::superblock::SuperBlock::read_from_prefix(&buf).expect("decode super");
+    sb.mounted_clients.height == 0
+}
+
+#[test]
+fn leader_killed_under_load() {
+    if skip_without_fuse("leader_killed_under_load") {
+        return;
+    }
+    let _serial = serial();
+    let kills = env_u64("SCOUTFS_FAILOVER_KILLS", 2) as usize;
+    let wd = Watchdog::new("leader_killed_under_load");
+    let v = Volume::new_with_slots(&fast_dir(), 2 << 30, 8 << 30, 3);
+    let mnts: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let m = v.dir.path().join(format!("m{i}"));
+            fs::create_dir(&m).expect("mount point");
+            m
+        })
+        .collect();
+    let mut daemons: Vec<Option<Daemon>> = {
+        let _s = wd.step("mount three members", STEP_LIMIT);
+        start_members(&v, &mnts, &[0, 1, 2])
+            .into_iter()
+            .map(Some)
+            .collect()
+    };
+    for (m, d) in mnts.iter().zip(&daemons) {
+        wd.watch(m, d.as_ref().unwrap().child.id());
+    }
+    let mut gens = [0usize; 3];
+    let mut writers: Vec<Writer> = (0..3).map(|i| Writer::start(&mnts[i], i, 0)).collect();
+    let mut retired: Vec<Writer> = Vec::new();
+    let mut rng = SmallRng::seed_from_u64(0xfa11_0e45);
+    let mut times = Vec::new();
+
+    for round in 0..kills {
+        let l = {
+            let _s = wd.step(format!("round {round}: find the leader"), SERVE_LIMIT);
+            poll("one leader", SERVE_LIMIT, || leader(&daemons))
+        };
+        let old_term = term_of(daemons[l].as_ref().unwrap());
+        // Let the load run for a random number of fsyncs on every mount.
+        {
+            let _s = wd.step(format!("round {round}: load"), STEP_LIMIT);
+            let base: Vec<u64> = writers.iter().map(Writer::fsyncs).collect();
+            let want = rng.gen_range(1..12);
+            poll("writers make progress", STEP_LIMIT, || {
+                writers
+                    .iter()
+                    .zip(&base)
+                    .all(|(w, b)| w.fsyncs() >= b + want)
+                    .then_some(())
+            });
+        }
+        for w in &writers {
+            assert!(w.errors().is_empty(), "round {round}: {:?}", w.errors());
+        }
+
+        // SIGKILL the serving node.
+        writers[l].killed.store(true, Ordering::SeqCst);
+        let mut dead = daemons[l].take().unwrap();
+        dead.child.kill().expect("kill -9");
+        let t0 = Instant::now();
+        dead.child.wait().expect("reap");
+        drop(dead);
+        let _ = Command::new("umount").arg("-l").arg(&mnts[l]).status();
+        writers[l].finish();
+
+        // The survivors elect, fence, reclaim and serve again.
+        let survivors: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+        let base: Vec<u64> = survivors.iter().map(|&i| writers[i].fsyncs()).collect();
+        {
+            let _s = wd.step(format!("round {round}: failover"), SERVE_LIMIT * 2);
+            poll("a survivor leads", SERVE_LIMIT, || {
+                leader(&daemons).filter(|n| *n != l)
+            });
+            poll("both survivors fsync again", SERVE_LIMIT, || {
+                survivors
+                    .iter()
+                    .zip(&base)
+                    .all(|(&i, b)| writers[i].fsyncs() >= b + 2)
+                    .then_some(())
+            });
+        }
+        let took = t0.elapsed();
+        times.push(took);
+        eprintln!("round {round}: slot {l} killed, failover in {took:?}");
+        assert!(took < SERVE_LIMIT, "round {round}: failover took {took:?}");
+        let nl = leader(&daemons).expect("a leader");
+        assert!(
+            term_of(daemons[nl].as_ref().unwrap()) > old_term,
+            "round {round}: the new leader's term is not newer"
+        );
+        for &i in &survivors {
+            assert!(
+                writers[i].errors().is_empty(),
+                "round {round}: survivor: {:?}",
+                writers[i].errors()
+            );
+        }
+        // The dead mount's locks were recovered: its files read back.
+        {
+            let _s = wd.step(format!("round {round}: verify the killed mount's files"), STEP_LIMIT);
+            let n = verify(&mnts[survivors[round % 2]], &writers[l]);
+            assert!(n > 0, "round {round}: the killed mount fsync'd nothing");
+        }
+
+        // The slot comes back as a new mount.
+        {
+            let _s = wd.step(format!("round {round}: remount slot {l}"), STEP_LIMIT);
+            let d = Daemon::start_on(&v, &mnts[l], Some(&slot_opts(l)));
+            wd.watch(&mnts[l], d.child.id());
+            daemons[l] = Some(d);
+        }
+        gens[l] += 1;
+        let w = Writer::start(&mnts[l], l, gens[l]);
+        retired.push(std::mem::replace(&mut writers[l], w));
+    }
+
+    for w in &mut writers {
+        w.finish();
+        assert!(w.errors().is_empty(), "{:?}", w.errors());
+    }
+    {
+        let _s = wd.step("verify everything on every mount", STEP_LIMIT * 2);
+        let mut total = 0;
+        for m in &mnts {
+            total = retired.iter().chain(&writers).map(|w| verify(m, w)).sum::<usize>();
+        }
+        eprintln!("{kills} kills, {total} fsync'd files verified on 3 mounts, failovers {times:?}");
+    }
+    {
+        let _s = wd.step("unmount", STEP_LIMIT);
+        // Followers first: the leader's server takes their farewells.
+        let l = leader(&daemons).expect("a leader");
+        let order: Vec<usize> = (0..3).filter(|&i| i != l).chain([l]).collect();
+        for i in order {
+            daemons[i].take().unwrap().unmount();
+        }
+    }
+    wd.assert_quiet();
+    assert!(
+        mounted_clients_empty(&v.meta),
+        "the super still lists mounted clients: a killed rid was never reclaimed"
+    );
+    v.assert_clean("after the kills");
+}
+
+#[test]
+fn watchdog_aborts_a_hung_mount() {
+    if skip_without_fuse("watchdog_aborts_a_hung_mount") {
+        return;
+    }
+    let _serial = serial();
+    let v = Volume::new_sized(&fast_dir(), 1 << 30, 1 << 30);
+    let mut d = Daemon::start(&v);
+    fs::write(v.mnt.join("f"), b"x").expect("write");
+    let wd = Watchdog::new("watchdog_aborts_a_hung_mount");
+    wd.watch(&v.mnt, d.child.id());
+    // SAFETY: signals to our own child.
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGSTOP) };
+    let res = {
+        let _s = wd.step("stat on a stopped daemon", Duration::from_secs(2));
+        // A new name: nothing cached, the lookup must reach the daemon.
+        fs::metadata(v.mnt.join("g"))
+    };
+    let report = wd.fired().expect("the watchdog fired");
+    assert!(
+        res.as_ref()
+            .is_err_and(|e| matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::ENOTCONN))),
+        "the hung stat: {res:?}"
+    );
+    assert!(report.contains("stat on a stopped daemon"), "{report}");
+    assert!(
+        report.contains("-- stuck task") && report.contains("request_wait_answer"),
+        "no task waiting for FUSE in:\n{report}"
+    );
+    assert!(report.contains("aborted FUSE connection"), "{report}");
+    assert!(report.contains("Ok(())"), "the abort failed:\n{report}");
+    // SAFETY: as above.
+    unsafe { libc::kill(d.child.id() as i32, libc::SIGKILL) };
+    let _ = d.child.wait();
+    let _ = Command::new("umount").arg("-l").arg(&v.mnt).status();
+}
