@@ -445,7 +445,19 @@ async fn bring_up(
             let cfg = LockClientConfig {
                 lock_idle_count: options.lock_idle_count as usize,
             };
-            let locks = ClusterFsLocks::start(rt, node.link(), &mount, cfg, kernel.clone());
+            let locks = Arc::new(ClusterFsLocks::start(
+                rt,
+                node.link(),
+                &mount,
+                cfg,
+                kernel.clone(),
+            ));
+            if let Some(tree) = &conn.fence_tree {
+                let weak = Arc::downgrade(&locks);
+                tree.set_locks(Arc::new(move || {
+                    weak.upgrade().map(|l| l.table()).unwrap_or_default()
+                }));
+            }
             let cached = locks.cached.clone();
             let fs = Arc::new(Fs::with_locks(
                 mount.clone(),
@@ -453,7 +465,7 @@ async fn bring_up(
                 data,
                 mount.fmt_vers(),
                 Box::new(wall_clock),
-                Arc::new(locks),
+                locks,
             ));
             let weak = Arc::downgrade(&fs);
             cached.set(Arc::new(move |group| {

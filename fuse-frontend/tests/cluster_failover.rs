@@ -289,7 +289,7 @@ fn leader_killed_under_load() {
     let _serial = serial();
     let kills = env_u64("SCOUTFS_FAILOVER_KILLS", 2) as usize;
     let wd = Watchdog::new("leader_killed_under_load");
-    let v = Volume::new_with_slots(&fast_dir(), 2 << 30, 8 << 30, 3);
+    let v = Volume::new_with_slots(&fast_dir(), 2 << 30, 16 << 30, 3);
     let mnts: Vec<PathBuf> = (0..3)
         .map(|i| {
             let m = v.dir.path().join(format!("m{i}"));
@@ -325,6 +325,9 @@ fn leader_killed_under_load() {
             let base: Vec<u64> = writers.iter().map(Writer::fsyncs).collect();
             let want = rng.gen_range(1..12);
             poll("writers make progress", STEP_LIMIT, || {
+                let errs: Vec<String> = writers.iter().flat_map(Writer::errors).collect();
+                let counts: Vec<u64> = writers.iter().map(Writer::fsyncs).collect();
+                assert!(errs.is_empty(), "round {round}: {errs:?}, fsyncs {counts:?}");
                 writers
                     .iter()
                     .zip(&base)

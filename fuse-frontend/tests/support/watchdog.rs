@@ -3,7 +3,7 @@
 //! a hang. The watchdog then writes a report on stderr (every task in D
 //! state or waiting for a FUSE answer with its `/proc/PID/stack`, the kernel stacks of the test's
 //! daemons, and each daemon's status tree under `/run/scoutfs/<ident>/`:
-//! quorum state, fence requests, counters) and aborts the test's FUSE
+//! quorum state, fence requests, counters, busy client locks) and aborts the test's FUSE
 //! connections (`/sys/fs/fuse/connections/N/abort`), so every request
 //! stuck in those mounts fails with ENOTCONN and the test fails on its
 //! own instead of wedging CI. Only the connections of mounts handed to
@@ -12,8 +12,9 @@
 //! `SCOUTFS_WATCHDOG_SECS=N` replaces every step's deadline (slow machines,
 //! or a debugger attached).
 //!
-//! The status tree has no lock table (the lock client's state is not
-//! exported); the report says so rather than pretending.
+//! The lock table is the tree's `client_locks` (the locks of the mount's
+//! lock client); the report shows the ones not idle. The server's side
+//! (which mount waits for which) is not published yet.
 //!
 //! Touches only /proc, /sys/fs/fuse and the run directory; it never
 //! stats a mount point (that could hang too), it reads mountinfo.
@@ -238,8 +239,9 @@ fn stuck_tasks(out: &mut String) {
             let comm = read_trim(&t.path().join("comm"));
             let _ = writeln!(
                 out,
-                "-- stuck task {pid}/{} ({comm}) state {state}:\n{stack}",
+                "-- stuck task {pid}/{} ({comm}) state {state}, {}:\n{stack}",
                 t.file_name().to_string_lossy(),
+                syscall(pid, &t.path()),
             );
         }
     }
@@ -249,25 +251,46 @@ fn stuck_tasks(out: &mut String) {
     );
 }
 
-/// The kernel stacks of every thread of `pid` that is not plainly
-/// sleeping in a futex or epoll (those say nothing).
+/// The system call a task is in, and the file its first argument names
+/// when that is a descriptor (which mount a stuck fsync waits on).
+fn syscall(pid: u32, task: &Path) -> String {
+    let sc = read_trim(&task.join("syscall"));
+    let mut f = sc.split_whitespace();
+    let nr = f.next().unwrap_or("?");
+    let fd = f
+        .next()
+        .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
+    let target = fd
+        .filter(|fd| *fd < 1 << 20)
+        .and_then(|fd| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok());
+    match target {
+        Some(t) => format!("syscall {nr} on {}", t.display()),
+        None => format!("syscall {nr}"),
+    }
+}
+
+/// The daemon's threads, grouped by name, state and where the kernel
+/// has them (a hang in the daemon itself shows as futex waits; a thread
+/// in the kernel anywhere else is worth a look).
 fn daemon_stacks(out: &mut String, pid: u32) {
     let _ = writeln!(out, "-- daemon {pid}:");
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         let _ = writeln!(out, "   gone");
         return;
     };
+    let mut groups: std::collections::BTreeMap<(String, char, String), usize> =
+        Default::default();
     for t in tasks.flatten() {
         let stack = read_trim(&t.path().join("stack"));
         let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
         let comm = read_trim(&t.path().join("comm"));
-        let _ = writeln!(
-            out,
-            "   thread {} ({comm}) state {:?}: {}",
-            t.file_name().to_string_lossy(),
-            task_state(&stat).unwrap_or('?'),
-            stack.lines().next().unwrap_or("")
-        );
+        let top = stack.lines().next().unwrap_or("").to_string();
+        *groups
+            .entry((comm, task_state(&stat).unwrap_or('?'), top))
+            .or_default() += 1;
+    }
+    for ((comm, state, top), n) in groups {
+        let _ = writeln!(out, "   {n} x {comm} state {state:?}: {top}");
     }
 }
 
@@ -286,6 +309,7 @@ fn status_tree(out: &mut String, pid: u32) {
         collect_files(&dir, &mut files);
         files.sort();
         let mut counters = String::new();
+        let mut locks = None;
         for f in files {
             let rel = f.strip_prefix(&dir).unwrap_or(&f).display().to_string();
             let v = read_trim(&f);
@@ -293,15 +317,41 @@ fn status_tree(out: &mut String, pid: u32) {
                 if v != "0" {
                     let _ = write!(counters, " {c}={v}");
                 }
+            } else if rel == "client_locks" {
+                locks = Some(v);
             } else {
                 let _ = writeln!(out, "   {rel}: {v}");
             }
         }
         let _ = writeln!(out, "   counters (nonzero):{counters}");
-        let _ = writeln!(
-            out,
-            "   locks: not exposed by the status tree (no lock table)"
-        );
+        match locks {
+            // Idle granted locks say nothing: only those in use, asked
+            // for, or in the middle of an invalidation.
+            Some(t) => {
+                let busy: Vec<&str> = t
+                    .lines()
+                    .filter(|l| {
+                        !(l.contains("request None")
+                            && l.contains("queued 0 ")
+                            && l.contains("owner_busy 0 ")
+                            && l.contains("holders 0 ")
+                            && l.ends_with("waiters 0"))
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "   client_locks: {} cached, {} busy:",
+                    t.lines().count(),
+                    busy.len()
+                );
+                for l in busy {
+                    let _ = writeln!(out, "     {l}");
+                }
+            }
+            None => {
+                let _ = writeln!(out, "   client_locks: none published");
+            }
+        }
     }
 }
 
