@@ -465,3 +465,303 @@ fn watchdog_aborts_a_hung_mount() {
     let _ = d.child.wait();
     let _ = Command::new("umount").arg("-l").arg(&v.mnt).status();
 }
+
+/// One 32-byte record of the torture's shared files.
+fn record(m: usize, t: usize, n: u64) -> [u8; 32] {
+    let chk = (m as u64 * 31 + t as u64 * 7 + n) % 65536;
+    let line = format!("rec {m} {t} {n:016} {chk:04x}");
+    let mut r = [b'.'; 32];
+    r[..line.len()].copy_from_slice(line.as_bytes());
+    r[31] = b'\n';
+    r
+}
+
+/// Checks that `bytes` are whole, well-formed records; a private mapping
+/// may show a zero-filled tail (pages the kernel filled before a write
+/// elsewhere grew the file), so `zeros_ok` lets whole zero records pass.
+fn check_records(bytes: &[u8], zeros_ok: bool) -> Result<usize, String> {
+    if bytes.len() % 32 != 0 {
+        return Err(format!("{} bytes: not whole records", bytes.len()));
+    }
+    for (i, r) in bytes.chunks(32).enumerate() {
+        if zeros_ok && r.iter().all(|b| *b == 0) {
+            continue;
+        }
+        let text = std::str::from_utf8(&r[..31]).map_err(|_| format!("record {i}: {r:?}"))?;
+        let f: Vec<&str> = text.trim_end_matches('.').split(' ').collect();
+        let ok = f.len() == 5
+            && f[0] == "rec"
+            && match (f[1].parse(), f[2].parse(), f[3].parse()) {
+                (Ok(m), Ok(t), Ok(n)) => record(m, t, n)[..] == r[..],
+                _ => false,
+            };
+        if !ok {
+            return Err(format!("record {i} is torn: {:?}", String::from_utf8_lossy(r)));
+        }
+    }
+    Ok(bytes.len() / 32)
+}
+
+/// `path` read through a private read-only mapping.
+fn mmap_read(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(path)?;
+    let len = f.metadata()?.len() as usize;
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: a fresh private read-only mapping of a file we hold open,
+    // copied out and unmapped before returning. The shared files only
+    // grow (appends; replacement by rename leaves this inode as it is),
+    // so no page of the mapping lies past the end of file (no SIGBUS).
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            f.as_raw_fd(),
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let v = std::slice::from_raw_parts(p as *const u8, len).to_vec();
+        libc::munmap(p, len);
+        Ok(v)
+    }
+}
+
+const SHARED_FILES: usize = 6;
+
+/// One torture worker's operations on the shared directory of `mnt`.
+fn torture_op(rng: &mut SmallRng, mnt: &Path, m: usize, t: usize, n: u64) -> Result<(), String> {
+    let dir = mnt.join("shared");
+    let f = dir.join(format!("f{}", rng.gen_range(0..SHARED_FILES)));
+    let ctx = |what: &str, e: std::io::Error| format!("mount {m} worker {t} op {n}: {what}: {e}");
+    // ENOENT is a race with a rename on another mount, nothing more.
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    match rng.gen_range(0..7) {
+        0 | 1 => match fs::OpenOptions::new().append(true).open(&f) {
+            Ok(mut h) => h
+                .write_all(&record(m, t, n))
+                .map_err(|e| ctx("append", e))?,
+            Err(e) if gone(&e) => {}
+            Err(e) => return Err(ctx("open for append", e)),
+        },
+        2 => match mmap_read(&f) {
+            Ok(b) => {
+                check_records(&b, true).map_err(|e| format!("mount {m}: mmap of {}: {e}", f.display()))?;
+            }
+            Err(e) if gone(&e) => {}
+            Err(e) => return Err(ctx("mmap read", e)),
+        },
+        3 => match fs::read(&f) {
+            Ok(b) => {
+                check_records(&b, false).map_err(|e| format!("mount {m}: read of {}: {e}", f.display()))?;
+            }
+            Err(e) if gone(&e) => {}
+            Err(e) => return Err(ctx("read", e)),
+        },
+        4 => {
+            let tmp = dir.join(format!("t-{m}-{t}"));
+            let recs: Vec<u8> = (0..rng.gen_range(1..4))
+                .flat_map(|i| record(m, t, n * 4 + i))
+                .collect();
+            fs::write(&tmp, &recs).map_err(|e| ctx("write tmp", e))?;
+            fs::rename(&tmp, &f).map_err(|e| ctx("rename over", e))?;
+        }
+        5 => {
+            let names: Vec<String> = fs::read_dir(&dir)
+                .map_err(|e| ctx("readdir", e))?
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| ctx("readdir entry", e))?;
+            let mut sorted = names.clone();
+            sorted.sort();
+            sorted.dedup();
+            if sorted.len() != names.len() {
+                return Err(format!("mount {m}: readdir listed a name twice: {names:?}"));
+            }
+            for name in &names {
+                let known = name.starts_with('f') || name.starts_with("t-") || name.starts_with("l-");
+                if !known {
+                    return Err(format!("mount {m}: readdir listed {name:?}"));
+                }
+            }
+            for f in (0..SHARED_FILES).map(|i| format!("f{i}")) {
+                if !names.contains(&f) {
+                    return Err(format!("mount {m}: readdir lost {f}: {names:?}"));
+                }
+            }
+        }
+        _ => {
+            let l = dir.join(format!("l-{m}-{t}"));
+            match fs::hard_link(&f, &l) {
+                Ok(()) => fs::remove_file(&l).map_err(|e| ctx("unlink link", e))?,
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(ctx("link", e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `stress-ng` (Debian) if installed.
+fn stress_ng() -> Option<PathBuf> {
+    find_tool("stress-ng", "SCOUTFS_STRESS_NG")
+}
+
+#[test]
+fn torture_three_mounts_with_moving_locks() {
+    if skip_without_fuse("torture_three_mounts_with_moving_locks") {
+        return;
+    }
+    let _serial = serial();
+    let secs = env_u64("SCOUTFS_TORTURE_SECS", 60);
+    let wd = Watchdog::new("torture_three_mounts_with_moving_locks");
+    let v = Volume::new_with_slots(&fast_dir(), 2 << 30, 16 << 30, 1);
+    let mnts: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let m = v.dir.path().join(format!("m{i}"));
+            fs::create_dir(&m).expect("mount point");
+            m
+        })
+        .collect();
+    let common = "lock_idle_count=32,quorum_heartbeat_timeout_ms=2000";
+    let mut daemons = Vec::new();
+    {
+        let _s = wd.step("mount", STEP_LIMIT);
+        daemons.push(Daemon::start_on(&v, &mnts[0], Some(&format!("quorum_slot_nr=0,{common}"))));
+        for m in &mnts[1..] {
+            daemons.push(Daemon::start_on(&v, m, Some(common)));
+        }
+    }
+    for (m, d) in mnts.iter().zip(&daemons) {
+        wd.watch(m, d.child.id());
+    }
+    fs::create_dir(mnts[0].join("shared")).expect("shared dir");
+    for i in 0..SHARED_FILES {
+        fs::write(mnts[0].join(format!("shared/f{i}")), record(9, 9, i as u64)).expect("seed");
+    }
+
+    // stress-ng's file-system stressors in a directory of each mount.
+    let stressors = stress_ng().map(|bin| {
+        mnts.iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let dir = m.join(format!("sng{i}"));
+                fs::create_dir(&dir).expect("stress-ng dir");
+                Command::new(&bin)
+                    .args(["--dentry", "1", "--dir", "1", "--rename", "1", "--link", "1"])
+                    .args(["--symlink", "1", "--xattr", "1", "--mmap", "1"])
+                    .args(["--timeout", &format!("{secs}s"), "--metrics-brief"])
+                    .arg("--temp-path")
+                    .arg(&dir)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("start stress-ng")
+            })
+            .collect::<Vec<_>>()
+    });
+    if stressors.is_none() {
+        eprintln!("stress-ng is not installed (scripts/setup.sh installs it): own workers only");
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops: Vec<Arc<AtomicU64>> = (0..6).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let workers: Vec<JoinHandle<()>> = (0..6)
+        .map(|w| {
+            let (m, t) = (w % 3, w / 3);
+            let mnt = mnts[m].clone();
+            let (stop, count, errors) = (stop.clone(), ops[w].clone(), errors.clone());
+            std::thread::spawn(move || {
+                let mut rng = SmallRng::seed_from_u64(0x7047 + w as u64);
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    if let Err(e) = torture_op(&mut rng, &mnt, m, t, n) {
+                        errors.lock().unwrap().push(e);
+                        return;
+                    }
+                    n += 1;
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+
+    // Every worker must make progress within the watchdog's minute, all
+    // the time; the watchdog turns a stall into aborted mounts.
+    let t0 = Instant::now();
+    let mut last: Vec<u64> = ops.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        let _s = wd.step(
+            format!("torture at {:?}: every worker moves", t0.elapsed()),
+            Duration::from_secs(60),
+        );
+        loop {
+            if wd.fired().is_some() || !errors.lock().unwrap().is_empty() {
+                break;
+            }
+            let now: Vec<u64> = ops.iter().map(|c| c.load(Ordering::SeqCst)).collect();
+            if now.iter().zip(&last).all(|(a, b)| a > b) {
+                last = now;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if wd.fired().is_some() || !errors.lock().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::SeqCst);
+    {
+        let _s = wd.step("workers stop", STEP_LIMIT);
+        for w in workers {
+            w.join().expect("worker");
+        }
+    }
+    wd.assert_quiet();
+    let errs = errors.lock().unwrap().clone();
+    assert!(errs.is_empty(), "torture: {errs:#?}");
+    let total: u64 = ops.iter().map(|c| c.load(Ordering::SeqCst)).sum();
+
+    if let Some(children) = stressors {
+        let _s = wd.step("stress-ng ends", Duration::from_secs(120));
+        for (i, c) in children.into_iter().enumerate() {
+            let out = c.wait_with_output().expect("stress-ng");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            eprintln!("stress-ng on mount {i}: {}\n{text}", out.status);
+            assert!(out.status.success(), "stress-ng on mount {i}: {}\n{text}", out.status);
+        }
+    }
+
+    // Every mount reads the same, well-formed files.
+    {
+        let _s = wd.step("final agreement", STEP_LIMIT);
+        for i in 0..SHARED_FILES {
+            let want = fs::read(mnts[0].join(format!("shared/f{i}"))).expect("read");
+            check_records(&want, false).unwrap_or_else(|e| panic!("f{i}: {e}"));
+            for m in &mnts[1..] {
+                let got = fs::read(m.join(format!("shared/f{i}"))).expect("read");
+                assert!(got == want, "f{i} differs between mounts");
+            }
+        }
+    }
+    eprintln!("torture: {secs} s, {total} operations by 6 workers on 3 mounts");
+    {
+        let _s = wd.step("unmount", STEP_LIMIT);
+        for d in daemons.into_iter().rev() {
+            d.unmount();
+        }
+    }
+    wd.assert_quiet();
+    v.assert_clean("after the torture");
+}
