@@ -577,12 +577,11 @@ fn torture_op(rng: &mut SmallRng, mnt: &Path, m: usize, t: usize, n: u64) -> Res
                 .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
                 .collect::<Result<_, _>>()
                 .map_err(|e| ctx("readdir entry", e))?;
-            let mut sorted = names.clone();
-            sorted.sort();
-            sorted.dedup();
-            if sorted.len() != names.len() {
-                return Err(format!("mount {m}: readdir listed a name twice: {names:?}"));
-            }
+            // A name renamed over, or linked again, while the listing
+            // runs may show twice: the new entry takes a new readdir
+            // position after the batch that listed the old one (POSIX
+            // leaves entries added during a listing unspecified). A name
+            // that exists all along must show.
             for name in &names {
                 let known = name.starts_with('f') || name.starts_with("t-") || name.starts_with("l-");
                 if !known {
@@ -618,7 +617,7 @@ fn torture_three_mounts_with_moving_locks() {
         return;
     }
     let _serial = serial();
-    let secs = env_u64("SCOUTFS_TORTURE_SECS", 60);
+    let secs = env_u64("SCOUTFS_TORTURE_SECS", 30);
     let wd = Watchdog::new("torture_three_mounts_with_moving_locks");
     let v = Volume::new_with_slots(&fast_dir(), 2 << 30, 16 << 30, 1);
     let mnts: Vec<PathBuf> = (0..3)
