@@ -207,6 +207,12 @@ fn wall_clock() -> Time {
     }
 }
 
+/// Wall-clock time when `rt`'s clock read zero (quorum event stamps).
+fn wall_base(rt: &Runtime) -> Duration {
+    let now = wall_clock();
+    Duration::new(now.sec, now.nsec).saturating_sub(rt.now())
+}
+
 fn open_device(path: &Path) -> Result<Arc<dyn BlockDevice>, ServeError> {
     let dev = FileDevice::open(path, &OpenOptions::new()).map_err(|source| ServeError::Device {
         path: path.to_path_buf(),
@@ -369,7 +375,10 @@ async fn connect_node(
         meta,
         data,
         rt: rt.clone(),
-        transport: Arc::new(engine::node::TcpTransport::new(rt.clone())),
+        transport: Arc::new(engine::node::TcpTransport::with_keepalive(
+            rt.clone(),
+            Duration::from_millis(options.tcp_keepalive_timeout_ms),
+        )),
         rid,
         slot,
         rid_lock_dir: control::sock::run_dir().join("rid"),
@@ -380,6 +389,7 @@ async fn connect_node(
                 eprintln!("scoutfsd: {msg}");
             }
         }),
+        wall_base: wall_base(&rt),
     })
     .await
     .map_err(|e| ServeError::Node(format!("{names}: {e}")))?;

@@ -56,9 +56,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// The status tree of the daemon with `pid`.
 fn tree_of(pid: u32) -> Option<PathBuf> {
-    fs::read_dir(run_dir()).ok()?.flatten().map(|e| e.path()).find(|p| {
-        fs::read_to_string(p.join("pid")).is_ok_and(|s| s.trim() == pid.to_string())
-    })
+    fs::read_dir(run_dir())
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| fs::read_to_string(p.join("pid")).is_ok_and(|s| s.trim() == pid.to_string()))
 }
 
 fn tree_value(pid: u32, file: &str) -> Option<String> {
@@ -74,7 +76,10 @@ fn poll<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -94,6 +99,8 @@ struct Synced {
     files: Vec<(PathBuf, usize, usize, u64)>,
     /// (relative path of the log, bytes fsync'd).
     log: Option<(PathBuf, u64)>,
+    /// When each file's fsync returned (wall clock, as quorum events).
+    times: Vec<std::time::SystemTime>,
 }
 
 /// A writer on one mount, until stopped or its mount is killed.
@@ -138,7 +145,11 @@ impl Writer {
                     let mut h = fs::File::create(mnt.join(&rel))?;
                     h.write_all(&content(mount, gen, n))?;
                     h.sync_all()?;
-                    sy.lock().unwrap().files.push((rel, mount, gen, n));
+                    {
+                        let mut g = sy.lock().unwrap();
+                        g.files.push((rel, mount, gen, n));
+                        g.times.push(std::time::SystemTime::now());
+                    }
                     let line = log_line(mount, gen, n);
                     let mut l = fs::OpenOptions::new()
                         .create(true)
@@ -211,7 +222,10 @@ fn verify(mnt: &Path, w: &Writer) -> usize {
             len,
             got.len()
         );
-        for (i, line) in got[..*len as usize].chunks(log_line(0, 0, 0).len()).enumerate() {
+        for (i, line) in got[..*len as usize]
+            .chunks(log_line(0, 0, 0).len())
+            .enumerate()
+        {
             let (_, m, g, _) = &s.files[i];
             assert_eq!(
                 line,
@@ -327,7 +341,10 @@ fn leader_killed_under_load() {
             poll("writers make progress", STEP_LIMIT, || {
                 let errs: Vec<String> = writers.iter().flat_map(Writer::errors).collect();
                 let counts: Vec<u64> = writers.iter().map(Writer::fsyncs).collect();
-                assert!(errs.is_empty(), "round {round}: {errs:?}, fsyncs {counts:?}");
+                assert!(
+                    errs.is_empty(),
+                    "round {round}: {errs:?}, fsyncs {counts:?}"
+                );
                 writers
                     .iter()
                     .zip(&base)
@@ -383,7 +400,10 @@ fn leader_killed_under_load() {
         }
         // The dead mount's locks were recovered: its files read back.
         {
-            let _s = wd.step(format!("round {round}: verify the killed mount's files"), STEP_LIMIT);
+            let _s = wd.step(
+                format!("round {round}: verify the killed mount's files"),
+                STEP_LIMIT,
+            );
             let n = verify(&mnts[survivors[round % 2]], &writers[l]);
             assert!(n > 0, "round {round}: the killed mount fsync'd nothing");
         }
@@ -408,7 +428,11 @@ fn leader_killed_under_load() {
         let _s = wd.step("verify everything on every mount", STEP_LIMIT * 2);
         let mut total = 0;
         for m in &mnts {
-            total = retired.iter().chain(&writers).map(|w| verify(m, w)).sum::<usize>();
+            total = retired
+                .iter()
+                .chain(&writers)
+                .map(|w| verify(m, w))
+                .sum::<usize>();
         }
         eprintln!("{kills} kills, {total} fsync'd files verified on 3 mounts, failovers {times:?}");
     }
@@ -496,7 +520,10 @@ fn check_records(bytes: &[u8], zeros_ok: bool) -> Result<usize, String> {
                 _ => false,
             };
         if !ok {
-            return Err(format!("record {i} is torn: {:?}", String::from_utf8_lossy(r)));
+            return Err(format!(
+                "record {i} is torn: {:?}",
+                String::from_utf8_lossy(r)
+            ));
         }
     }
     Ok(bytes.len() / 32)
@@ -551,14 +578,16 @@ fn torture_op(rng: &mut SmallRng, mnt: &Path, m: usize, t: usize, n: u64) -> Res
         },
         2 => match mmap_read(&f) {
             Ok(b) => {
-                check_records(&b, true).map_err(|e| format!("mount {m}: mmap of {}: {e}", f.display()))?;
+                check_records(&b, true)
+                    .map_err(|e| format!("mount {m}: mmap of {}: {e}", f.display()))?;
             }
             Err(e) if gone(&e) => {}
             Err(e) => return Err(ctx("mmap read", e)),
         },
         3 => match fs::read(&f) {
             Ok(b) => {
-                check_records(&b, false).map_err(|e| format!("mount {m}: read of {}: {e}", f.display()))?;
+                check_records(&b, false)
+                    .map_err(|e| format!("mount {m}: read of {}: {e}", f.display()))?;
             }
             Err(e) if gone(&e) => {}
             Err(e) => return Err(ctx("read", e)),
@@ -583,7 +612,8 @@ fn torture_op(rng: &mut SmallRng, mnt: &Path, m: usize, t: usize, n: u64) -> Res
             // leaves entries added during a listing unspecified). A name
             // that exists all along must show.
             for name in &names {
-                let known = name.starts_with('f') || name.starts_with("t-") || name.starts_with("l-");
+                let known =
+                    name.starts_with('f') || name.starts_with("t-") || name.starts_with("l-");
                 if !known {
                     return Err(format!("mount {m}: readdir listed {name:?}"));
                 }
@@ -631,7 +661,11 @@ fn torture_three_mounts_with_moving_locks() {
     let mut daemons = Vec::new();
     {
         let _s = wd.step("mount", STEP_LIMIT);
-        daemons.push(Daemon::start_on(&v, &mnts[0], Some(&format!("quorum_slot_nr=0,{common}"))));
+        daemons.push(Daemon::start_on(
+            &v,
+            &mnts[0],
+            Some(&format!("quorum_slot_nr=0,{common}")),
+        ));
         for m in &mnts[1..] {
             daemons.push(Daemon::start_on(&v, m, Some(common)));
         }
@@ -652,7 +686,9 @@ fn torture_three_mounts_with_moving_locks() {
                 let dir = m.join(format!("sng{i}"));
                 fs::create_dir(&dir).expect("stress-ng dir");
                 Command::new(&bin)
-                    .args(["--dentry", "1", "--dir", "1", "--rename", "1", "--link", "1"])
+                    .args([
+                        "--dentry", "1", "--dir", "1", "--rename", "1", "--link", "1",
+                    ])
                     .args(["--symlink", "1", "--xattr", "1", "--mmap", "1"])
                     .args(["--timeout", &format!("{secs}s"), "--metrics-brief"])
                     .arg("--temp-path")
@@ -738,7 +774,11 @@ fn torture_three_mounts_with_moving_locks() {
                 String::from_utf8_lossy(&out.stderr)
             );
             eprintln!("stress-ng on mount {i}: {}\n{text}", out.status);
-            assert!(out.status.success(), "stress-ng on mount {i}: {}\n{text}", out.status);
+            assert!(
+                out.status.success(),
+                "stress-ng on mount {i}: {}\n{text}",
+                out.status
+            );
         }
     }
 
@@ -763,4 +803,332 @@ fn torture_three_mounts_with_moving_locks() {
     }
     wd.assert_quiet();
     v.assert_clean("after the torture");
+}
+
+/// The netns rig (scripts/netns-rig.sh) for the test's lifetime: torn
+/// down when dropped, however the test ends.
+struct Rig {
+    script: PathBuf,
+    name: String,
+    subnet: String,
+    hosts: usize,
+}
+
+impl Rig {
+    /// Why the rig cannot run here, if it cannot.
+    fn unavailable() -> Option<String> {
+        if let Some(why) = fuse_unavailable() {
+            return Some(why);
+        }
+        let ok = |c: &mut Command| {
+            c.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !ok(Command::new("ip").args(["netns", "list"])) {
+            return Some("`ip netns` is not available".into());
+        }
+        if !ok(Command::new("nsenter").arg("--version")) {
+            return Some("nsenter is not available".into());
+        }
+        None
+    }
+
+    fn up(hosts: usize) -> Rig {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/netns-rig.sh");
+        let pid = std::process::id();
+        // A subnet no other rig on the machine uses (`up` refuses one
+        // that has a route already).
+        for k in 0..50 {
+            let rig = Rig {
+                script: script.clone(),
+                name: format!("sfs{pid}"),
+                subnet: format!("10.213.{}", 20 + (pid as usize + k) % 200),
+                hosts,
+            };
+            let st = Command::new(&rig.script)
+                .args(["up", &rig.name, &hosts.to_string(), &rig.subnet])
+                .status()
+                .expect("run netns-rig.sh");
+            if st.success() {
+                return rig;
+            }
+            std::mem::forget(rig);
+        }
+        panic!("netns-rig.sh up failed 50 times");
+    }
+
+    fn addr(&self, host: usize) -> std::net::Ipv4Addr {
+        format!("{}.{}", self.subnet, host + 1)
+            .parse()
+            .expect("address")
+    }
+
+    /// The wrapper that runs a command in host `i`'s network namespace.
+    fn wrapper(&self, i: usize) -> Vec<String> {
+        vec![
+            "nsenter".into(),
+            format!("--net=/run/netns/{}-h{}", self.name, i + 1),
+            "--".into(),
+        ]
+    }
+
+    fn run(&self, what: &str, i: usize) {
+        let st = Command::new(&self.script)
+            .args([what, &self.name, &(i + 1).to_string()])
+            .status()
+            .expect("run netns-rig.sh");
+        assert!(st.success(), "netns-rig.sh {what} {i}: {st}");
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.script)
+            .args(["down", &self.name, &self.hosts.to_string(), &self.subnet])
+            .status();
+    }
+}
+
+/// Slot `slot`'s quorum block, from the metadata image.
+fn quorum_block(meta: &Path, slot: usize) -> engine::format::quorum::QuorumBlock {
+    use std::os::unix::fs::FileExt;
+    use zerocopy::FromBytes;
+    let f = fs::File::open(meta).expect("meta image");
+    let mut sb = vec![0u8; engine::format::SM_BLOCK_SIZE];
+    f.read_exact_at(
+        &mut sb,
+        engine::format::SUPER_BLKNO << engine::format::SM_BLOCK_SHIFT,
+    )
+    .expect("read super");
+    let (sb, _) = engine::format::superblock::SuperBlock::read_from_prefix(&sb).expect("super");
+    let mut buf = vec![0u8; engine::format::SM_BLOCK_SIZE];
+    f.read_exact_at(
+        &mut buf,
+        (engine::format::QUORUM_BLKNO + slot as u64) << engine::format::SM_BLOCK_SHIFT,
+    )
+    .expect("read quorum block");
+    engine::quorum::decode_quorum_block(&buf, sb.hdr.fsid.get(), slot).expect("quorum block")
+}
+
+fn event_time(ev: &engine::format::quorum::QuorumEvent) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::new(ev.ts.sec.get(), ev.ts.nsec.get())
+}
+
+/// TESTING.md §4: three hosts in network namespaces, each a quorum
+/// member mounting the shared image files (only the network is
+/// namespaced; the devices are files every host opens). The leader's
+/// switch port goes down under a write load on all three mounts. The two
+/// others hold a majority: they elect a new leader, which fences the old
+/// one before it serves. Fencing here is the local flock fence: every
+/// host's daemon holds its rid lock in the shared /run/scoutfs/rid, so
+/// the new leader SIGKILLs the partitioned daemon and waits until its
+/// lock is free (docs/decisions.md, "Fencing in the netns rig").
+///
+/// Checked: the old daemon dies of SIGKILL; the survivors' writers go on
+/// (their sockets to the old leader end by the keepalive timeout); from
+/// the quorum blocks, the new leader's ELECT and FENCE carry a newer
+/// term, the old leader's block got no write after the newer ELECT, and
+/// every fsync the old leader's own mount completed returned before the
+/// new leader's FENCE (nothing it committed after the new leader took
+/// over); every file it fsync'd reads back on the survivors; after the
+/// link heals the slot mounts again; check clean.
+#[test]
+fn partitioned_leader_is_fenced() {
+    if let Some(why) = Rig::unavailable() {
+        eprintln!("SKIPPED partitioned_leader_is_fenced: {why}");
+        return;
+    }
+    let _serial = serial();
+    let rig = Rig::up(3);
+    let wd = Watchdog::new("partitioned_leader_is_fenced");
+    let addrs: Vec<_> = (0..3).map(|i| (rig.addr(i), 7400)).collect();
+    let v = Volume::new_with_addrs(&fast_dir(), 2 << 30, 16 << 30, &addrs);
+    let mnts: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let m = v.dir.path().join(format!("m{i}"));
+            fs::create_dir(&m).expect("mount point");
+            m
+        })
+        .collect();
+    let opts = |i: usize| format!("{},tcp_keepalive_timeout_ms=4000", slot_opts(i));
+    let start = |i: usize| {
+        let w = rig.wrapper(i);
+        let w: Vec<&str> = w.iter().map(String::as_str).collect();
+        Daemon::start_under(&v, &mnts[i], Some(&opts(i)), &w)
+    };
+    let mut daemons: Vec<Option<Daemon>> = {
+        let _s = wd.step("mount three hosts", STEP_LIMIT);
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..3).map(|i| sc.spawn(move || start(i))).collect();
+            hs.into_iter()
+                .map(|h| Some(h.join().expect("start")))
+                .collect()
+        })
+    };
+    for (m, d) in mnts.iter().zip(&daemons) {
+        wd.watch(m, d.as_ref().unwrap().child.id());
+    }
+    let l = {
+        let _s = wd.step("find the leader", SERVE_LIMIT);
+        poll("one leader", SERVE_LIMIT, || leader(&daemons))
+    };
+    let old_term = term_of(daemons[l].as_ref().unwrap());
+    let mut writers: Vec<Writer> = (0..3).map(|i| Writer::start(&mnts[i], i, 0)).collect();
+    {
+        let _s = wd.step("load", STEP_LIMIT);
+        poll("writers make progress", STEP_LIMIT, || {
+            let errs: Vec<String> = writers.iter().flat_map(Writer::errors).collect();
+            assert!(errs.is_empty(), "{errs:?}");
+            writers.iter().all(|w| w.fsyncs() >= 5).then_some(())
+        });
+    }
+
+    // Cut the leader off. Its own mount keeps going until it is fenced.
+    rig.run("cut", l);
+    let t0 = Instant::now();
+    writers[l].killed.store(true, Ordering::SeqCst);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != l).collect();
+    let base: Vec<u64> = survivors.iter().map(|&i| writers[i].fsyncs()).collect();
+    let status = {
+        let _s = wd.step("the partitioned leader is fenced", STEP_LIMIT);
+        poll("the old leader's daemon dies", STEP_LIMIT, || {
+            daemons[l].as_mut().unwrap().child.try_wait().expect("wait")
+        })
+    };
+    let fenced_after = t0.elapsed();
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "the old leader: {status}"
+        );
+    }
+    drop(daemons[l].take());
+    let _ = Command::new("umount").arg("-l").arg(&mnts[l]).status();
+    writers[l].finish();
+    let nl = {
+        let _s = wd.step("survivors serve again", STEP_LIMIT);
+        let nl = poll("a survivor leads", STEP_LIMIT, || leader(&daemons));
+        poll("both survivors fsync again", STEP_LIMIT, || {
+            survivors
+                .iter()
+                .zip(&base)
+                .all(|(&i, b)| writers[i].fsyncs() >= b + 2)
+                .then_some(())
+        });
+        nl
+    };
+    let served_after = t0.elapsed();
+    eprintln!("partition: old leader fenced after {fenced_after:?}, survivors served after {served_after:?}");
+    for &i in &survivors {
+        assert!(
+            writers[i].errors().is_empty(),
+            "survivor: {:?}",
+            writers[i].errors()
+        );
+    }
+    let new_term = term_of(daemons[nl].as_ref().unwrap());
+    assert!(new_term > old_term, "new term {new_term} after {old_term}");
+
+    // The quorum blocks: who was elected and fenced when.
+    let (old_blk, new_blk) = {
+        let _s = wd.step("the new leader records FENCE", STEP_LIMIT);
+        poll("FENCE of the new term", STEP_LIMIT, || {
+            let b = quorum_block(&v.meta, nl);
+            (b.events[engine::format::quorum::QUORUM_EVENT_FENCE]
+                .term
+                .get()
+                == new_term)
+                .then_some(())
+        });
+        (quorum_block(&v.meta, l), quorum_block(&v.meta, nl))
+    };
+    use engine::format::quorum::{QUORUM_EVENT_ELECT, QUORUM_EVENT_FENCE, QUORUM_EVENT_STOP};
+    let new_elect = &new_blk.events[QUORUM_EVENT_ELECT];
+    let new_fence = &new_blk.events[QUORUM_EVENT_FENCE];
+    assert_eq!(new_elect.term.get(), new_term, "the new leader's ELECT");
+    // Events carry real time (the original's stamps), not the daemon's
+    // monotonic clock: the comparisons below rely on it.
+    let age = std::time::SystemTime::now()
+        .duration_since(event_time(new_elect))
+        .unwrap_or_else(|_| panic!("the newer ELECT is stamped in the future"));
+    assert!(
+        age < Duration::from_secs(120),
+        "the newer ELECT is stamped {age:?} ago"
+    );
+    let old_elect = &old_blk.events[QUORUM_EVENT_ELECT];
+    assert_eq!(old_elect.term.get(), old_term, "the old leader's ELECT");
+    assert!(
+        old_blk.events[QUORUM_EVENT_STOP].term.get() < old_term,
+        "the old leader recorded a STOP: it was never told to stop"
+    );
+    for (i, ev) in old_blk.events.iter().enumerate() {
+        assert!(
+            event_time(ev) <= event_time(new_elect),
+            "the old leader wrote its quorum block (event {i}) after the newer ELECT"
+        );
+    }
+    {
+        let s = writers[l].synced.lock().unwrap();
+        let late: Vec<_> = s
+            .times
+            .iter()
+            .filter(|t| **t > event_time(new_fence))
+            .collect();
+        assert!(
+            late.is_empty(),
+            "{} fsyncs of the old leader's mount returned after the new leader's FENCE",
+            late.len()
+        );
+        let after_elect = s
+            .times
+            .iter()
+            .filter(|t| **t > event_time(new_elect))
+            .count();
+        eprintln!(
+            "partition: the old leader's mount fsync'd {} files, {after_elect} of them between the newer ELECT and FENCE",
+            s.files.len()
+        );
+    }
+    {
+        let _s = wd.step(
+            "the old leader's fsync'd files on the survivors",
+            STEP_LIMIT,
+        );
+        for &i in &survivors {
+            assert!(verify(&mnts[i], &writers[l]) >= 5);
+        }
+    }
+
+    // The link heals; the slot comes back as a new mount of that host.
+    rig.run("heal", l);
+    {
+        let _s = wd.step("remount the old leader's host", STEP_LIMIT);
+        let d = start(l);
+        wd.watch(&mnts[l], d.child.id());
+        daemons[l] = Some(d);
+        verify(&mnts[l], &writers[l]);
+    }
+    for &i in &survivors {
+        writers[i].finish();
+        assert!(writers[i].errors().is_empty(), "{:?}", writers[i].errors());
+        verify(&mnts[l], &writers[i]);
+    }
+    {
+        let _s = wd.step("unmount", STEP_LIMIT);
+        let lead = leader(&daemons).expect("a leader");
+        for i in (0..3).filter(|&i| i != lead).chain([lead]) {
+            daemons[i].take().unwrap().unmount();
+        }
+    }
+    wd.assert_quiet();
+    assert!(
+        mounted_clients_empty(&v.meta),
+        "a mounted client was never reclaimed"
+    );
+    v.assert_clean("after the partition");
+    drop(rig);
 }

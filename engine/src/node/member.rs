@@ -60,6 +60,10 @@ pub struct NodeConfig {
     pub heartbeat_timeout: Option<std::time::Duration>,
     /// Where the agent's log lines and failures go.
     pub log: NodeLog,
+    /// Wall-clock time since the Unix epoch when `rt.now()` read zero:
+    /// quorum block events are stamped `wall_base + now`, real time as in
+    /// the original (the engine reads no real clock; the caller does).
+    pub wall_base: std::time::Duration,
 }
 
 /// A node's status and its server's address, readable from any thread.
@@ -396,6 +400,7 @@ impl Node {
                 if let Some(hb) = cfg.heartbeat_timeout {
                     acfg.heartbeat_timeout = hb;
                 }
+                acfg.wall_base = cfg.wall_base;
                 let driver = QuorumDriver::start(
                     cfg.rt.clone(),
                     cfg.meta.clone(),

@@ -44,11 +44,7 @@ pub fn fuse_connection(mnt: &Path) -> Option<u32> {
     // The last mount on the point is the visible one.
     info.lines()
         .filter(|l| l.split_whitespace().nth(4) == Some(want))
-        .filter(|l| {
-            l.split(" - ")
-                .nth(1)
-                .is_some_and(|t| t.starts_with("fuse"))
-        })
+        .filter(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("fuse")))
         .filter_map(|l| {
             let (maj, min) = l.split_whitespace().nth(2)?.split_once(':')?;
             Some((maj.parse::<u32>().ok()? << 20) | min.parse::<u32>().ok()?)
@@ -141,11 +137,7 @@ impl Watchdog {
     pub fn fired(&self) -> Option<String> {
         let mut g = self.shared.lock();
         while g.firing {
-            g = self
-                .shared
-                .cv
-                .wait(g)
-                .unwrap_or_else(|p| p.into_inner());
+            g = self.shared.cv.wait(g).unwrap_or_else(|p| p.into_inner());
         }
         g.fired.clone()
     }
@@ -193,11 +185,10 @@ fn run(s: &Shared) {
             Some((_, deadline)) if g.fired.is_none() => *deadline - now,
             _ => Duration::from_secs(3600),
         };
-        g = s
-            .cv
-            .wait_timeout(g, wait)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
+        g =
+            s.cv.wait_timeout(g, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
     }
 }
 
@@ -245,10 +236,7 @@ fn stuck_tasks(out: &mut String) {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "-- {n} tasks in D state or waiting for a FUSE answer"
-    );
+    let _ = writeln!(out, "-- {n} tasks in D state or waiting for a FUSE answer");
 }
 
 /// The system call a task is in, and the file its first argument names
@@ -278,8 +266,7 @@ fn daemon_stacks(out: &mut String, pid: u32) {
         let _ = writeln!(out, "   gone");
         return;
     };
-    let mut groups: std::collections::BTreeMap<(String, char, String), usize> =
-        Default::default();
+    let mut groups: std::collections::BTreeMap<(String, char, String), usize> = Default::default();
     for t in tasks.flatten() {
         let stack = read_trim(&t.path().join("stack"));
         let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
