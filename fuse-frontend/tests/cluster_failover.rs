@@ -504,7 +504,7 @@ fn record(m: usize, t: usize, n: u64) -> [u8; 32] {
 /// may show a zero-filled tail (pages the kernel filled before a write
 /// elsewhere grew the file), so `zeros_ok` lets whole zero records pass.
 fn check_records(bytes: &[u8], zeros_ok: bool) -> Result<usize, String> {
-    if bytes.len() % 32 != 0 {
+    if !bytes.len().is_multiple_of(32) {
         return Err(format!("{} bytes: not whole records", bytes.len()));
     }
     for (i, r) in bytes.chunks(32).enumerate() {

@@ -43,13 +43,14 @@ pub fn fuse_connection(mnt: &Path) -> Option<u32> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     // The last mount on the point is the visible one.
     info.lines()
+        .rev()
         .filter(|l| l.split_whitespace().nth(4) == Some(want))
         .filter(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("fuse")))
         .filter_map(|l| {
             let (maj, min) = l.split_whitespace().nth(2)?.split_once(':')?;
             Some((maj.parse::<u32>().ok()? << 20) | min.parse::<u32>().ok()?)
         })
-        .last()
+        .next()
 }
 
 #[derive(Default)]
