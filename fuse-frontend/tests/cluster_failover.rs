@@ -199,12 +199,57 @@ impl Writer {
     }
 }
 
+/// What a mount shows of a file it should have: whether the kernel's
+/// caches or the daemon's hide it (a second look after dropping the
+/// kernel's dentries), its parent's listing, and the daemon's busy locks.
+fn lost_file_report(mnt: &Path, rel: &Path) -> String {
+    let _ = fs::write("/proc/sys/vm/drop_caches", b"2");
+    let again = fs::metadata(mnt.join(rel)).map(|m| m.len());
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    let listing: Vec<String> = fs::read_dir(mnt.join(parent))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_else(|e| vec![format!("<readdir: {e}>")]);
+    let has = listing
+        .iter()
+        .any(|n| Some(n.as_str()) == rel.file_name().and_then(|f| f.to_str()));
+    let trees: Vec<String> = fs::read_dir(run_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            fs::read_to_string(e.path().join("mountpoint"))
+                .is_ok_and(|m| Path::new(m.trim()) == mnt)
+        })
+        .map(|e| {
+            let locks = fs::read_to_string(e.path().join("client_locks")).unwrap_or_default();
+            format!("{}:\n{locks}", e.path().display())
+        })
+        .collect();
+    format!(
+        "after drop_caches: {again:?}; {} lists {} entries, the name {}; locks:\n{}",
+        parent.display(),
+        listing.len(),
+        if has { "among them" } else { "not among them" },
+        trees.join("\n")
+    )
+}
+
 /// Reads back, on `mnt`, everything `w` had fsync'd.
 fn verify(mnt: &Path, w: &Writer) -> usize {
     let s = w.synced.lock().unwrap();
     for (rel, mount, gen, n) in &s.files {
-        let got = fs::read(mnt.join(rel))
-            .unwrap_or_else(|e| panic!("fsync'd {} lost on {}: {e}", rel.display(), mnt.display()));
+        let got = fs::read(mnt.join(rel)).unwrap_or_else(|e| {
+            panic!(
+                "fsync'd {} lost on {}: {e}\n{}",
+                rel.display(),
+                mnt.display(),
+                lost_file_report(mnt, rel)
+            )
+        });
         assert!(
             got == content(*mount, *gen, *n),
             "fsync'd {} differs on {} ({} bytes)",
