@@ -877,6 +877,12 @@ impl Rig {
         if !ok(Command::new("nsenter").arg("--version")) {
             return Some("nsenter is not available".into());
         }
+        // Listing works without privileges; creating is what the rig does.
+        let probe = format!("sfsprobe{}", std::process::id());
+        if !ok(Command::new("ip").args(["netns", "add", &probe])) {
+            return Some("cannot create network namespaces here".into());
+        }
+        let _ = ok(Command::new("ip").args(["netns", "del", &probe]));
         None
     }
 
