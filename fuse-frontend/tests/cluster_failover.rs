@@ -15,11 +15,22 @@
 //!   the end everything fsync'd is read back from every mount, the mounts
 //!   unmount, the super lists no mounted client (every killed rid was
 //!   reclaimed) and the volume checks clean.
+//! * `partitioned_leader_is_fenced`: the leader's host cut off the
+//!   network (three hosts in network namespaces, `scripts/netns-rig.sh`);
+//!   see the test's own comment.
+//! * `torture_three_mounts_with_moving_locks`: `lock_idle_count=32`,
+//!   mixed appends, private mmap reads, renames over, readdir and links on
+//!   a few shared files plus stress-ng on every mount
+//!   (`SCOUTFS_TORTURE_SECS`, default 30, 600 with `--long`).
 //! * `watchdog_aborts_a_hung_mount`: the hang watchdog itself: a daemon
-//!   stopped with SIGSTOP hangs a stat in D state; the watchdog reports it
-//!   and aborts the connection, so the stat fails instead of hanging.
+//!   stopped with SIGSTOP leaves a stat waiting for its answer; the
+//!   watchdog reports it and aborts the connection, so the stat fails
+//!   instead of hanging.
 //!
-//! Every step runs under the hang watchdog (`support::watchdog`).
+//! Every step runs under the hang watchdog (`support::watchdog`). The
+//! tests take turns ([`SERIAL`]). Root and /dev/fuse needed (the
+//! partition test also network namespaces); each prints `SKIPPED` and
+//! passes without them.
 // These tests drive real processes in real time.
 #![allow(clippy::disallowed_methods)]
 

@@ -1,13 +1,14 @@
 //! The hang watchdog of the multi-mount tests (TESTING.md §9): a test
 //! announces each step with a deadline; a step still running past it is
 //! a hang. The watchdog then writes a report on stderr (every task in D
-//! state or waiting for a FUSE answer with its `/proc/PID/stack`, the kernel stacks of the test's
-//! daemons, and each daemon's status tree under `/run/scoutfs/<ident>/`:
-//! quorum state, fence requests, counters, busy client locks) and aborts the test's FUSE
+//! state or waiting for a FUSE answer, with its `/proc/PID/stack` and the
+//! file its system call names; the test's daemons' threads; each daemon's
+//! status tree under `/run/scoutfs/<ident>/`: quorum state, fence
+//! requests, counters, busy client locks) and aborts the test's FUSE
 //! connections (`/sys/fs/fuse/connections/N/abort`), so every request
-//! stuck in those mounts fails with ENOTCONN and the test fails on its
-//! own instead of wedging CI. Only the connections of mounts handed to
-//! [`Watchdog::watch`] are aborted, never another test's.
+//! stuck in those mounts fails (ECONNABORTED, then ENOTCONN) and the test
+//! fails on its own instead of wedging CI. Only the connections of mounts
+//! handed to [`Watchdog::watch`] are aborted, never another test's.
 //!
 //! `SCOUTFS_WATCHDOG_SECS=N` replaces every step's deadline (slow machines,
 //! or a debugger attached).
