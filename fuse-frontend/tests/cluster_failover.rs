@@ -506,7 +506,15 @@ fn leader_killed_under_load() {
         mounted_clients_empty(&v.meta),
         "the super still lists mounted clients: a killed rid was never reclaimed"
     );
-    v.assert_clean("after the kills");
+    let faults = v.check();
+    if !faults.is_empty() {
+        // Keep the images for whoever debugs it (tmpfs: remove them after).
+        let kept = v.dir.keep();
+        panic!(
+            "after the kills: check found faults (images kept in {}): {faults:#?}",
+            kept.display()
+        );
+    }
 }
 
 #[test]
