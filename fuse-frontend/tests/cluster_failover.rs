@@ -379,6 +379,19 @@ fn leader_killed_under_load() {
     }
     let mut gens = [0usize; 3];
     let mut writers: Vec<Writer> = (0..3).map(|i| Writer::start(&mnts[i], i, 0)).collect();
+    // Each member publishes its lock table (what the watchdog prints).
+    {
+        let _s = wd.step("client_locks in the status trees", STEP_LIMIT);
+        for d in daemons.iter().flatten() {
+            let pid = d.child.id();
+            poll("a mode line in client_locks", STEP_LIMIT, || {
+                tree_value(pid, "client_locks").filter(|t| {
+                    t.lines()
+                        .any(|l| l.contains(" mode ") && l.contains(" holders "))
+                })
+            });
+        }
+    }
     let mut retired: Vec<Writer> = Vec::new();
     let mut rng = SmallRng::seed_from_u64(0xfa11_0e45);
     let mut times = Vec::new();
