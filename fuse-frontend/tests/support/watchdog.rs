@@ -60,6 +60,7 @@ struct State {
     step: Option<(String, Instant)>,
     conns: BTreeSet<u32>,
     pids: BTreeSet<u32>,
+    mnts: BTreeSet<PathBuf>,
     /// The report, once the watchdog fired.
     fired: Option<String>,
     /// Writing the report and aborting right now.
@@ -119,6 +120,7 @@ impl Watchdog {
         let mut g = self.shared.lock();
         g.conns.extend(conn);
         g.pids.insert(pid);
+        g.mnts.insert(mnt.to_path_buf());
     }
 
     /// Starts a step that must end (the guard dropped) within `limit`.
@@ -155,6 +157,20 @@ impl Watchdog {
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
+        // Aborted mounts outlive their daemons (which exit on the abort),
+        // and a daemon that is gone is no longer unmounted by its test's
+        // cleanup: detach them so the test's directory can go.
+        let fired = self.shared.lock().fired.is_some();
+        if fired {
+            let mnts = self.shared.lock().mnts.clone();
+            for m in mnts {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&m)
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
         self.shared.lock().stop = true;
         self.shared.cv.notify_all();
         if let Some(t) = self.thread.take() {
