@@ -10,6 +10,12 @@ command -v python3 >/dev/null || need+=(python3)
 # POSIX ACLs through a mount (fuse-frontend/tests/acl.rs).
 command -v setfacl >/dev/null || need+=(acl)
 
+# The cluster torture run (fuse-frontend/tests/cluster_failover.rs,
+# TESTING.md §9) and the netns rig (scripts/netns-rig.sh: ip, nsenter).
+command -v stress-ng >/dev/null || need+=(stress-ng)
+command -v ip >/dev/null || need+=(iproute2)
+command -v nsenter >/dev/null || need+=(util-linux)
+
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo

@@ -5,7 +5,9 @@
 #   scripts/test.sh            default suite (CI): well under 45 minutes on 2 cores
 #   scripts/test.sh --long     also the long runs: more property-test operations,
 #                              lock/totl/simulation seeds, 100 kill -9 rounds,
-#                              more hostile-input rounds, 100,000 .srch. files,
+#                              20 leader kills under a 3-mount load, a 10-minute
+#                              torture run, 1,000,000 creates over 3 mounts,
+#                              100,000 .srch. files, more hostile-input rounds,
 #                              and cargo-fuzz if present
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +38,9 @@ if [ "$long" = 1 ]; then
   export SCOUTFS_FIO_SIZE=${SCOUTFS_FIO_SIZE:-1024}
   export SCOUTFS_CLUSTER_STEPS=${SCOUTFS_CLUSTER_STEPS:-3000}
   export SCOUTFS_SRCH_FILES=${SCOUTFS_SRCH_FILES:-100000}
+  export SCOUTFS_FAILOVER_KILLS=${SCOUTFS_FAILOVER_KILLS:-20}
+  export SCOUTFS_TORTURE_SECS=${SCOUTFS_TORTURE_SECS:-600}
+  export SCOUTFS_CLUSTER_CREATES=${SCOUTFS_CLUSTER_CREATES:-1000000}
 fi
 
 echo "== cargo fmt --check"

@@ -229,6 +229,14 @@ impl StatusTree {
         }
         if let Ok(devs) = std::fs::read_dir(run.join("by-dev")) {
             for e in devs.flatten() {
+                // Another daemon starting right now writes its by-dev file
+                // as `NAME.tmp` before renaming it: empty or not, that
+                // file is not stale (removing it failed that daemon's
+                // start with ENOENT). One left by a crash goes once old.
+                let tmp = e.path().extension().is_some_and(|x| x == "tmp");
+                if tmp && !older_than(&e.path(), STALE_TMP_AGE) {
+                    continue;
+                }
                 let named = std::fs::read_to_string(e.path()).unwrap_or_default();
                 let named = named.trim();
                 if named.is_empty() || !run.join(named).is_dir() {
@@ -237,6 +245,21 @@ impl StatusTree {
             }
         }
     }
+}
+
+/// How old a by-dev temporary file must be before it counts as left
+/// behind by a crash.
+const STALE_TMP_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether `path` was last modified more than `age` ago (file times are
+/// wall-clock times: the frontend reads the real clock).
+#[allow(clippy::disallowed_methods)]
+fn older_than(path: &Path, age: std::time::Duration) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|e| e > age)
 }
 
 /// What the control thread shares with the daemon.

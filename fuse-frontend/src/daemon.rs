@@ -207,6 +207,12 @@ fn wall_clock() -> Time {
     }
 }
 
+/// Wall-clock time when `rt`'s clock read zero (quorum event stamps).
+fn wall_base(rt: &Runtime) -> Duration {
+    let now = wall_clock();
+    Duration::new(now.sec, now.nsec).saturating_sub(rt.now())
+}
+
 fn open_device(path: &Path) -> Result<Arc<dyn BlockDevice>, ServeError> {
     let dev = FileDevice::open(path, &OpenOptions::new()).map_err(|source| ServeError::Device {
         path: path.to_path_buf(),
@@ -278,6 +284,9 @@ struct ServerConn {
     server: Option<Arc<Server>>,
     /// The networked node (quorum member), shut down after the farewell.
     node: Option<engine::node::Node>,
+    /// The metadata device, where a node whose farewell answer was lost
+    /// finds whether it was reclaimed (networked nodes only).
+    meta: Option<Arc<dyn BlockDevice>>,
     /// The flocks on the devices.
     _claim: DeviceClaim,
     /// The node's fence requests and quorum state in the status tree.
@@ -338,6 +347,7 @@ async fn connect_server(
         background: Some(background),
         server: Some(server),
         node: None,
+        meta: None,
         _claim: claim,
         fence_tree: None,
     })
@@ -365,11 +375,15 @@ async fn connect_node(
     claim: DeviceClaim,
 ) -> Result<ServerConn, ServeError> {
     let rid = fresh_rid(&rt);
+    let meta_dev = meta.clone();
     let node = engine::node::Node::start(engine::node::NodeConfig {
         meta,
         data,
         rt: rt.clone(),
-        transport: Arc::new(engine::node::TcpTransport::new(rt.clone())),
+        transport: Arc::new(engine::node::TcpTransport::with_keepalive(
+            rt.clone(),
+            Duration::from_millis(options.tcp_keepalive_timeout_ms),
+        )),
         rid,
         slot,
         rid_lock_dir: control::sock::run_dir().join("rid"),
@@ -380,6 +394,7 @@ async fn connect_node(
                 eprintln!("scoutfsd: {msg}");
             }
         }),
+        wall_base: wall_base(&rt),
     })
     .await
     .map_err(|e| ServeError::Node(format!("{names}: {e}")))?;
@@ -404,6 +419,7 @@ async fn connect_node(
         background: None,
         server: None,
         node: Some(node),
+        meta: Some(meta_dev),
         _claim: claim,
         fence_tree: Some(fence_tree),
     })
@@ -445,7 +461,19 @@ async fn bring_up(
             let cfg = LockClientConfig {
                 lock_idle_count: options.lock_idle_count as usize,
             };
-            let locks = ClusterFsLocks::start(rt, node.link(), &mount, cfg, kernel.clone());
+            let locks = Arc::new(ClusterFsLocks::start(
+                rt,
+                node.link(),
+                &mount,
+                cfg,
+                kernel.clone(),
+            ));
+            if let Some(tree) = &conn.fence_tree {
+                let weak = Arc::downgrade(&locks);
+                tree.set_locks(Arc::new(move || {
+                    weak.upgrade().map(|l| l.table()).unwrap_or_default()
+                }));
+            }
             let cached = locks.cached.clone();
             let fs = Arc::new(Fs::with_locks(
                 mount.clone(),
@@ -453,7 +481,7 @@ async fn bring_up(
                 data,
                 mount.fmt_vers(),
                 Box::new(wall_clock),
-                Arc::new(locks),
+                locks,
             ));
             let weak = Arc::downgrade(&fs);
             cached.set(Arc::new(move |group| {
@@ -492,6 +520,21 @@ async fn bring_up(
     })
 }
 
+/// Returns once the super no longer records `rid` as mounted: its
+/// farewell was processed by a server that ended before the answer
+/// reached us (the last quorum members leaving together, §5.4).
+async fn reclaimed(meta: Arc<dyn BlockDevice>, rid: u64, rt: Runtime) {
+    loop {
+        rt.sleep(RECLAIMED_POLL).await;
+        if let Ok(false) = engine::node::member::still_mounted(&meta, rid, &rt).await {
+            return;
+        }
+    }
+}
+
+/// How often a mount waiting for its farewell answer looks at the super.
+const RECLAIMED_POLL: Duration = Duration::from_secs(1);
+
 /// How long a farewell may take before the daemon says what it waits for.
 const FAREWELL_NOTICE: Duration = Duration::from_secs(5);
 
@@ -525,7 +568,17 @@ async fn shut_down(node: Node) -> Result<(), ServeError> {
             );
         })
     };
-    let res = conn.link.call(Cmd::Farewell, Vec::new()).await;
+    let farewell = conn.link.call(Cmd::Farewell, Vec::new());
+    let res = match &conn.meta {
+        None => farewell.await,
+        Some(meta) => {
+            let gone = reclaimed(meta.clone(), conn.rid, rt.clone());
+            match futures::future::select(farewell, Box::pin(gone)).await {
+                futures::future::Either::Left((res, _)) => res,
+                futures::future::Either::Right(((), _)) => Ok(Vec::new()),
+            }
+        }
+    };
     drop(notice);
     res.map_err(engine_err("farewell"))?;
     drop(conn.server.take());

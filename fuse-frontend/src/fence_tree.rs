@@ -11,6 +11,10 @@
 //!   the node no longer has is removed with its directory.
 //! * `quorum/`: `term`, `is_leader` (0 or 1) and `server_addr` (the
 //!   `ip:port` of the server this node runs, empty when none).
+//! * `client_locks`: the mount's cached cluster locks, one line each (the
+//!   original's debugfs file of that name), once the mount is up
+//!   ([`FenceTree::set_locks`]); rewritten at most every
+//!   [`LOCKS_INTERVAL`] when it changed. What a hang report reads.
 //!
 //! Guarantees: the thread never waits on the engine (the fencer and the
 //! status are plain locks), so an agent's answer reaches the node however
@@ -46,10 +50,17 @@ fn is_one(path: &Path) -> bool {
     std::fs::read_to_string(path).is_ok_and(|s| s.trim() == "1")
 }
 
+/// How often `client_locks` may be rewritten.
+pub const LOCKS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The lock table's text, from a plain lock (never waits on the engine).
+pub type LocksSource = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// The running thread.
 pub struct FenceTree {
     dir: PathBuf,
     stop: Arc<AtomicBool>,
+    locks: Arc<std::sync::Mutex<Option<LocksSource>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -60,6 +71,10 @@ struct Keeper {
     /// What was last written per request: (elapsed_secs, state).
     shown: BTreeMap<u64, (u64, State)>,
     quorum: Option<(u64, bool, String)>,
+    locks: Arc<std::sync::Mutex<Option<LocksSource>>>,
+    /// The last `client_locks` written, and poll rounds since.
+    locks_shown: Option<String>,
+    locks_rounds: u32,
 }
 
 impl Keeper {
@@ -68,6 +83,26 @@ impl Keeper {
             self.sync_fences(&f);
         }
         self.sync_quorum();
+        self.sync_locks();
+    }
+
+    fn sync_locks(&mut self) {
+        self.locks_rounds += 1;
+        if (self.locks_rounds as u128) * POLL.as_millis() < LOCKS_INTERVAL.as_millis() {
+            return;
+        }
+        let source = self.locks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(source) = source else {
+            return;
+        };
+        let text = source();
+        if self.locks_shown.as_ref() == Some(&text) {
+            return;
+        }
+        if write_atomic(&self.dir.join("client_locks"), &text).is_ok() {
+            self.locks_shown = Some(text);
+            self.locks_rounds = 0;
+        }
     }
 
     fn sync_fences(&mut self, fencer: &Fencer) {
@@ -168,12 +203,16 @@ impl FenceTree {
             std::fs::create_dir_all(dir.join("fence"))?;
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let locks = Arc::new(std::sync::Mutex::new(None));
         let mut keeper = Keeper {
             dir: dir.clone(),
             fencer,
             status,
             shown: BTreeMap::new(),
             quorum: None,
+            locks: locks.clone(),
+            locks_shown: None,
+            locks_rounds: 0,
         };
         let flag = stop.clone();
         // The daemon's own thread, outside the engine (like the control
@@ -190,8 +229,14 @@ impl FenceTree {
         Ok(FenceTree {
             dir,
             stop,
+            locks,
             thread: Some(thread),
         })
+    }
+
+    /// Publishes the mount's lock table from now on.
+    pub fn set_locks(&self, source: LocksSource) {
+        *self.locks.lock().unwrap_or_else(|p| p.into_inner()) = Some(source);
     }
 
     /// Stops the thread and removes its files (and the tree's directory
@@ -200,6 +245,7 @@ impl FenceTree {
         self.halt();
         let _ = std::fs::remove_dir_all(self.dir.join("fence"));
         let _ = std::fs::remove_dir_all(self.dir.join("quorum"));
+        let _ = std::fs::remove_file(self.dir.join("client_locks"));
         if std::fs::read_dir(&self.dir).is_ok_and(|d| d.count() == 1) {
             let _ = std::fs::remove_file(self.dir.join("pid"));
             let _ = std::fs::remove_dir(&self.dir);

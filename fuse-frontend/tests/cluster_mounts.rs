@@ -11,7 +11,9 @@
 //! them. Then RENAME_NOREPLACE races between two mounts: exactly one wins.
 //!
 //! `SCOUTFS_CLUSTER_STEPS` sets the number of steps (default 300) and
-//! `SCOUTFS_CLUSTER_SEED` the first seed.
+//! `SCOUTFS_CLUSTER_SEED` the first seed. Every step runs under the hang
+//! watchdog (`support::watchdog`): a step stuck for a minute dumps the
+//! stuck tasks and lock tables and aborts the three mounts.
 // These tests drive real processes in real time.
 #![allow(clippy::disallowed_methods)]
 
@@ -27,7 +29,19 @@ use std::path::{Path, PathBuf};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use support::watchdog::Watchdog;
 use support::*;
+
+/// How long one step (an operation and three snapshots) may take.
+const STEP_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn watchdog(name: &str, mnts: &[PathBuf], daemons: &[Daemon]) -> Watchdog {
+    let wd = Watchdog::new(name);
+    for (m, d) in mnts.iter().zip(daemons) {
+        wd.watch(m, d.child.id());
+    }
+    wd
+}
 
 /// What one mount shows of one path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,6 +287,12 @@ fn unlinked_file_open_on_another_mount_keeps_its_data() {
         return;
     }
     let (v, mnts, daemons) = three_mounts();
+    let wd = watchdog(
+        "unlinked_file_open_on_another_mount_keeps_its_data",
+        &mnts,
+        &daemons,
+    );
+    let step = wd.step("the whole test", STEP_LIMIT * 2);
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     fs::write(mnts[0].join("f"), &data).expect("write");
     let mut held = fs::File::open(mnts[1].join("f")).expect("open on mount 1");
@@ -291,6 +311,8 @@ fn unlinked_file_open_on_another_mount_keeps_its_data() {
     for d in daemons.into_iter().rev() {
         d.unmount();
     }
+    drop(step);
+    wd.assert_quiet();
     v.assert_clean("after the unlinked file was released");
 }
 
@@ -300,12 +322,14 @@ fn three_mounts_show_one_filesystem() {
         return;
     }
     let (v, mnts, daemons) = three_mounts();
+    let wd = watchdog("three_mounts_show_one_filesystem", &mnts, &daemons);
 
     let steps = env_u64("SCOUTFS_CLUSTER_STEPS", 300);
     let seed = env_u64("SCOUTFS_CLUSTER_SEED", 7);
     let mut rng = SmallRng::seed_from_u64(seed);
     for n in 0..steps as usize {
         let m = rng.gen_range(0..mnts.len());
+        let _s = wd.step(format!("seed {seed} step {n} on mount {m}"), STEP_LIMIT);
         let what = step(&mut rng, &mnts[m], n);
         let want = snapshot(&mnts[m]);
         for (o, other) in mnts.iter().enumerate() {
@@ -327,6 +351,7 @@ fn three_mounts_show_one_filesystem() {
                             .map(|p| format!("{} only on mount {o}", p.display())),
                     )
                     .collect();
+                wd.assert_quiet();
                 panic!(
                     "seed {seed} step {n} on mount {m} ({what}): mount {o} differs:\n{}",
                     diff.join("\n")
@@ -337,6 +362,7 @@ fn three_mounts_show_one_filesystem() {
 
     // RENAME_NOREPLACE from two mounts onto one name: one wins.
     for round in 0..20 {
+        let _s = wd.step(format!("RENAME_NOREPLACE race {round}"), STEP_LIMIT);
         let a = mnts[0].join(format!("race-a{round}"));
         let b = mnts[1].join(format!("race-b{round}"));
         fs::write(&a, b"a").expect("a");
@@ -351,8 +377,12 @@ fn three_mounts_show_one_filesystem() {
         assert_eq!(content, if won_a { b"a" } else { b"b" }, "round {round}");
     }
 
-    for d in daemons.into_iter().rev() {
-        d.unmount();
+    {
+        let _s = wd.step("unmount", STEP_LIMIT);
+        for d in daemons.into_iter().rev() {
+            d.unmount();
+        }
     }
+    wd.assert_quiet();
     v.assert_clean("after three mounts");
 }

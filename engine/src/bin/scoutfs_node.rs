@@ -65,6 +65,12 @@ fn main() {
     let ex = Executor::new(Arc::new(ThreadPark::new()));
     let rt = ex.runtime();
     let lock_dir = args[3].clone().into();
+    // A process of its own: quorum events carry real time.
+    #[allow(clippy::disallowed_methods)]
+    let wall_base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_sub(rt.now());
     ex.block_on(async move {
         let rid = rt.random_u64() | 1;
         let node = Node::start(NodeConfig {
@@ -82,6 +88,7 @@ fn main() {
                     eprintln!("quorum {lvl:?}: {msg}")
                 }
             }),
+            wall_base,
         })
         .await
         .unwrap_or_else(|e| {

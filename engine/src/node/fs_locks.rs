@@ -194,6 +194,33 @@ impl ClusterFsLocks {
     }
 }
 
+impl ClusterFsLocks {
+    /// This mount's cached locks, one line each (the status tree's
+    /// `client_locks`): range, mode, write_seq, the mode asked of the
+    /// server, queued grants/invalidations, whether the owner is working
+    /// through an invalidation, local holders and waiters.
+    pub fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        for v in self.locks.views() {
+            let _ = writeln!(
+                out,
+                "{} {} mode {:?} write_seq {} request {:?} queued {} owner_busy {} holders {} waiters {}",
+                v.range.start,
+                v.range.end,
+                v.mode,
+                v.write_seq,
+                v.request,
+                v.queued,
+                v.owner_busy as u8,
+                v.holders,
+                v.waiters
+            );
+        }
+        out
+    }
+}
+
 impl FsLocks for ClusterFsLocks {
     fn lock(&self, range: LockRange, mode: LockMode) -> ItemFuture<'_, LockHold> {
         Box::pin(async move {

@@ -113,6 +113,12 @@ impl NetLocks {
         }
     }
 
+    /// Every cached lock as the state machine sees it (the status tree's
+    /// `client_locks`, what a hang report needs).
+    pub fn views(&self) -> Vec<crate::lock::client::LockView> {
+        self.shared.lock().client.views().collect()
+    }
+
     /// Takes `mode` on `range`: waits for the grant, or EAGAIN at once
     /// with `nonblock` when it would have to wait.
     pub async fn lock(

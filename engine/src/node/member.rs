@@ -60,6 +60,10 @@ pub struct NodeConfig {
     pub heartbeat_timeout: Option<std::time::Duration>,
     /// Where the agent's log lines and failures go.
     pub log: NodeLog,
+    /// Wall-clock time since the Unix epoch when `rt.now()` read zero:
+    /// quorum block events are stamped `wall_base + now`, real time as in
+    /// the original (the engine reads no real clock; the caller does).
+    pub wall_base: std::time::Duration,
 }
 
 /// A node's status and its server's address, readable from any thread.
@@ -396,6 +400,7 @@ impl Node {
                 if let Some(hb) = cfg.heartbeat_timeout {
                     acfg.heartbeat_timeout = hb;
                 }
+                acfg.wall_base = cfg.wall_base;
                 let driver = QuorumDriver::start(
                     cfg.rt.clone(),
                     cfg.meta.clone(),
@@ -521,4 +526,31 @@ pub async fn server_recorded(meta: &Arc<dyn BlockDevice>) -> Result<bool, i32> {
     let sb = read_super(meta, true).await?;
     let blocks = read_quorum_blocks(meta, sb.hdr.fsid.get(), &sb.qconf).await?;
     Ok(find_server(&blocks, &sb.qconf).is_some())
+}
+
+/// Whether the last super written still records `rid` as mounted. A mount
+/// whose farewell answer was lost (the server it went to ended with it)
+/// finishes unmounting once its item is gone (reference §5.4). Errors
+/// (a block rewritten under the read) mean "don't know": ask again later.
+pub async fn still_mounted(
+    meta: &Arc<dyn BlockDevice>,
+    rid: u64,
+    rt: &Runtime,
+) -> Result<bool, i32> {
+    let sb = read_super(meta, true).await?;
+    let r = rt.clone();
+    let cache = Arc::new(crate::block::BlockCache::new(
+        meta.clone(),
+        sb.hdr.fsid.get(),
+        16,
+        Arc::new(move || r.random_u64()),
+    ));
+    let item = crate::btree::Btree::new(cache)
+        .lookup(
+            &sb.mounted_clients,
+            &crate::format::items::mounted_client_key(rid),
+        )
+        .await
+        .map_err(|e| e.errno())?;
+    Ok(item.is_some())
 }

@@ -435,8 +435,14 @@ impl Shared {
                             .filter_map(|rid| st.leaving.remove(&rid).map(|r| (rid, r)))
                             .collect::<Vec<_>>()
                     };
+                    // Every farewell of the decision is handled before any
+                    // is answered: the leader's own mount may be among them,
+                    // and its answer ends this server.
+                    let mut done = Vec::with_capacity(go.len());
                     for (rid, req) in go {
-                        let res = me.server.handle(rid, Cmd::Farewell, &[]).await;
+                        done.push((rid, req, me.server.handle(rid, Cmd::Farewell, &[]).await));
+                    }
+                    for (rid, req, res) in done {
                         me.answer(rid, req, res);
                     }
                 }

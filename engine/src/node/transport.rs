@@ -10,6 +10,13 @@
 //! socket read in flight), never from the engine thread. Its buffers are
 //! owned and moved to the pool thread and back, so a caller that stops
 //! waiting leaves nothing borrowed behind.
+//!
+//! With a keepalive timeout (the `tcp_keepalive_timeout_ms` mount option,
+//! reference §10) every socket, connected or accepted, probes an idle peer
+//! every second and gives up on it after the timeout, also when sent data
+//! stays unacknowledged that long (`TCP_USER_TIMEOUT`): a peer cut off by
+//! a partition or powered off ends the connection, so a mount goes to
+//! look for the new server instead of waiting on a dead socket forever.
 
 use std::future::Future;
 use std::io::{self, Read, Write};
@@ -62,21 +69,74 @@ pub struct Stream {
     pub peer: SocketAddr,
 }
 
+/// The default of `tcp_keepalive_timeout_ms`.
+pub const KEEPALIVE_TIMEOUT_DEFAULT: Duration = Duration::from_millis(24_000);
+/// Idle time before the first probe, and time between probes.
+const KEEPALIVE_PROBE: Duration = Duration::from_secs(1);
+
 /// TCP over `std::net`, driven from the blocking pool.
 #[derive(Clone, Debug)]
 pub struct TcpTransport {
     rt: Runtime,
+    keepalive: Option<Duration>,
 }
 
 impl TcpTransport {
+    /// Sockets without keepalive (a dead peer is noticed only when the
+    /// kernel gives up retransmitting).
     pub fn new(rt: Runtime) -> TcpTransport {
-        TcpTransport { rt }
+        TcpTransport {
+            rt,
+            keepalive: None,
+        }
+    }
+
+    /// Sockets that give up on a silent peer after `timeout`.
+    pub fn with_keepalive(rt: Runtime, timeout: Duration) -> TcpTransport {
+        TcpTransport {
+            rt,
+            keepalive: Some(timeout),
+        }
     }
 }
 
-fn tcp_stream(rt: &Runtime, s: TcpStream) -> io::Result<Stream> {
+fn setsockopt(s: &TcpStream, level: libc::c_int, name: libc::c_int, val: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v = val as libc::c_int;
+    // SAFETY: a socket this stream owns, and an int option of its size.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn set_keepalive(s: &TcpStream, timeout: Duration) -> io::Result<()> {
+    let probe = KEEPALIVE_PROBE.as_secs() as u32;
+    let count = (timeout.as_millis() / KEEPALIVE_PROBE.as_millis()).max(1) as u32;
+    setsockopt(s, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    setsockopt(s, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, probe)?;
+    setsockopt(s, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, probe)?;
+    setsockopt(s, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, count)?;
+    let ms = timeout.as_millis().min(u32::MAX as u128) as u32;
+    setsockopt(s, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ms)
+}
+
+fn tcp_stream(rt: &Runtime, s: TcpStream, keepalive: Option<Duration>) -> io::Result<Stream> {
     // Small request frames must not wait for Nagle's timer.
     s.set_nodelay(true)?;
+    if let Some(t) = keepalive {
+        set_keepalive(&s, t)?;
+    }
     let peer = s.peer_addr()?;
     let w = s.try_clone()?;
     Ok(Stream {
@@ -99,7 +159,7 @@ impl Transport for TcpTransport {
                 .rt
                 .spawn_blocking(move || TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT))
                 .await?;
-            tcp_stream(&self.rt, s)
+            tcp_stream(&self.rt, s, self.keepalive)
         })
     }
 
@@ -114,6 +174,7 @@ impl Transport for TcpTransport {
                 rt: self.rt.clone(),
                 sock: Arc::new(l),
                 local,
+                keepalive: self.keepalive,
             }) as Box<dyn Listener>)
         })
     }
@@ -123,6 +184,7 @@ struct TcpListen {
     rt: Runtime,
     sock: Arc<TcpListener>,
     local: SocketAddr,
+    keepalive: Option<Duration>,
 }
 
 impl Listener for TcpListen {
@@ -134,7 +196,7 @@ impl Listener for TcpListen {
         let l = self.sock.clone();
         Box::pin(async move {
             let (s, _) = self.rt.spawn_blocking(move || l.accept()).await?;
-            tcp_stream(&self.rt, s)
+            tcp_stream(&self.rt, s, self.keepalive)
         })
     }
 }

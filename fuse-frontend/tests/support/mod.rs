@@ -7,6 +7,8 @@
 //! why and tells the test to return when either is missing.
 #![allow(dead_code)]
 
+pub mod watchdog;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -104,6 +106,22 @@ impl Volume {
 
     /// A volume with `slots` quorum slots (each on its own loopback port).
     pub fn new_with_slots(parent: &Path, meta_bytes: u64, data_bytes: u64, slots: usize) -> Volume {
+        // Mounts with quorum_slot_nr=0 serve on this address: one free
+        // port per volume, so tests running side by side don't meet.
+        let addrs: Vec<_> = (0..slots)
+            .map(|_| (std::net::Ipv4Addr::LOCALHOST, free_port()))
+            .collect();
+        Volume::new_with_addrs(parent, meta_bytes, data_bytes, &addrs)
+    }
+
+    /// A volume whose quorum slots 0.. are at `addrs` (the netns rig's
+    /// hosts).
+    pub fn new_with_addrs(
+        parent: &Path,
+        meta_bytes: u64,
+        data_bytes: u64,
+        addrs: &[(std::net::Ipv4Addr, u16)],
+    ) -> Volume {
         let dir = tempfile::tempdir_in(parent).expect("tempdir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod tempdir");
@@ -119,10 +137,8 @@ impl Volume {
             let m = FileDevice::open(&meta, &OpenOptions::new()).expect("open meta");
             let d = FileDevice::open(&data, &OpenOptions::new()).expect("open data");
             let mut opts = MkfsOptions::default();
-            // Mounts with quorum_slot_nr=0 serve on this address: one free
-            // port per volume, so tests running side by side don't meet.
-            for slot in opts.quorum_slots.iter_mut().take(slots) {
-                *slot = Some((std::net::Ipv4Addr::LOCALHOST, free_port()));
+            for (slot, a) in opts.quorum_slots.iter_mut().zip(addrs) {
+                *slot = Some(*a);
             }
             format_volume(&m, &d, &opts).expect("mkfs");
         }
@@ -184,7 +200,20 @@ impl Daemon {
     /// Starts a daemon of `v` on `mnt` with scoutfs mount options `opts`
     /// (e.g. `quorum_slot_nr=0`) and waits until it is mounted.
     pub fn start_on(v: &Volume, mnt: &Path, opts: Option<&str>) -> Daemon {
-        let mut cmd = Command::new(SCOUTFSD);
+        Daemon::start_under(v, mnt, opts, &[])
+    }
+
+    /// [`Daemon::start_on`] with `scoutfsd` run by `wrapper` (e.g.
+    /// `nsenter --net=/run/netns/H --`, a host of the netns rig).
+    pub fn start_under(v: &Volume, mnt: &Path, opts: Option<&str>, wrapper: &[&str]) -> Daemon {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(SCOUTFSD);
+                c
+            }
+            None => Command::new(SCOUTFSD),
+        };
         cmd.arg("--metadev")
             .arg(&v.meta)
             .arg("--datadev")
@@ -252,6 +281,18 @@ impl Daemon {
         let st = self.wait();
         assert!(st.success(), "scoutfsd exited with {st}");
     }
+}
+
+/// Unmounts every daemon at once and waits for them. Quorum members of a
+/// volume with several slots must leave together: the server answers a
+/// member's farewell only while enough members stay for the others
+/// (reference §5.4), so one by one the second to last would wait forever.
+pub fn unmount_together(daemons: Vec<Daemon>) {
+    std::thread::scope(|s| {
+        for d in daemons {
+            s.spawn(move || d.unmount());
+        }
+    });
 }
 
 /// Two mounts of one one-slot volume (images on [`fast_dir`]): the first
