@@ -17,7 +17,7 @@ use engine::format::net::{Cmd, NetRoots};
 use engine::format::superblock::{SuperBlock, ALLOC_FLAG_LOW};
 use engine::format::{MAGIC_SUPER, SM_BLOCK_SHIFT, SM_BLOCK_SIZE, SUPER_BLKNO};
 use engine::runtime::{for_each_runtime, Runtime};
-use engine::server::alloc::MetaBudget;
+use engine::server::alloc::{DataFill, MetaBudget};
 use engine::server::{Server, ServerOptions};
 use server_support::*;
 use zerocopy::{FromBytes, IntoBytes};
@@ -120,7 +120,8 @@ fn server_transactions_keep_every_block_accounted() {
         assert!(lt.get_trans_seq.get() > lt.commit_trans_seq.get());
         let budget = MetaBudget::for_device(s.stable_super().total_meta_blocks.get());
         assert_eq!(lt.meta_avail.total_nr.get(), budget.client_fill_target);
-        assert_eq!(lt.data_avail.total_len.get(), (4 * GIB) >> SM_BLOCK_SHIFT);
+        let fill = DataFill::for_device(s.stable_super().total_data_blocks.get());
+        assert_eq!(lt.data_avail.total_len.get(), fill.target);
         assert_eq!(
             lt.meta_avail.flags.get() & ALLOC_FLAG_LOW,
             0,
@@ -185,6 +186,29 @@ fn server_transactions_keep_every_block_accounted() {
 /// Snapshot of what a request may change.
 fn state(s: &Server) -> SuperBlock {
     s.stable_super()
+}
+
+#[test]
+fn every_mount_of_a_small_data_device_gets_data_blocks() {
+    for_each_runtime(1, |rt| async move {
+        // Three mounts of 8 GiB of data: each gets its share and none is
+        // LOW (4 GiB fills would leave the third with nothing).
+        let (meta, data) = mkfs(META, 8 * GIB, 5);
+        let s = open(&meta, &data, &rt).await;
+        for rid in 1..=3u64 {
+            let mut c = Client::new(&s, &meta, &rt, rid);
+            c.greet().await.unwrap();
+            let lt = c.get_log_trees().await.unwrap();
+            assert!(
+                lt.data_avail.total_len.get() > 0
+                    && lt.data_avail.flags.get() & ALLOC_FLAG_LOW == 0,
+                "mount {rid}: {} data blocks, flags {:#x}",
+                lt.data_avail.total_len.get(),
+                lt.data_avail.flags.get()
+            );
+        }
+        assert_clean(&meta, &data, "after three fills");
+    });
 }
 
 #[test]

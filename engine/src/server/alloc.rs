@@ -29,10 +29,37 @@ use crate::format::alloc::ALLOC_LIST_MAX_BLKNOS;
 use crate::format::superblock::{AllocListHead, AllocRoot, ALLOC_FLAG_LOW};
 use crate::format::SM_BLOCK_SHIFT;
 
-/// A client's data_avail is topped up to 4 GiB of 4 KiB blocks ...
+/// A client's data_avail is topped up to at most 4 GiB of 4 KiB blocks ...
 pub const CLIENT_DATA_FILL_TARGET: u64 = (4u64 << 30) >> SM_BLOCK_SHIFT;
-/// ... when it holds less than 1 GiB (also the data LOW threshold, §12).
+/// ... when it holds less than at most 1 GiB (also the data LOW
+/// threshold, §12).
 pub const CLIENT_DATA_FILL_LO: u64 = (1u64 << 30) >> SM_BLOCK_SHIFT;
+/// No data fill shrinks below 16 MiB, however small the device.
+const CLIENT_DATA_FILL_MIN: u64 = (16u64 << 20) >> SM_BLOCK_SHIFT;
+
+/// How a volume's mounts are given data blocks: topped up to `target`
+/// when they hold less than `lo` (also the LOW threshold).
+///
+/// The reference's 4 GiB / 1 GiB hand a small data device to its first
+/// mounts whole (three mounts of 8 GiB: the third got nothing and failed
+/// its first write with ENOSPC). The target is an eighth of the device
+/// (at least 16 MiB, at most 4 GiB) and `lo` a quarter of it (at most
+/// 1 GiB): the reference's figures from a 32 GiB data device up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataFill {
+    pub target: u64,
+    pub lo: u64,
+}
+
+impl DataFill {
+    pub fn for_device(total_data_blocks: u64) -> DataFill {
+        let target = (total_data_blocks / 8).clamp(CLIENT_DATA_FILL_MIN, CLIENT_DATA_FILL_TARGET);
+        DataFill {
+            target,
+            lo: (target / 4).min(CLIENT_DATA_FILL_LO),
+        }
+    }
+}
 /// Blocks a log-merge request is given on a full-size volume
 /// (64 MiB / 64 KiB + 4).
 pub const MERGE_META_BLOCKS: u64 = 1028;
@@ -298,5 +325,28 @@ impl crate::merge::server::ServerAllocs for MergeAllocs<'_> {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod data_fill_tests {
+    use super::*;
+
+    #[test]
+    fn large_devices_get_the_reference_figures() {
+        let f = DataFill::for_device((64u64 << 30) >> SM_BLOCK_SHIFT);
+        assert_eq!(
+            (f.target, f.lo),
+            (CLIENT_DATA_FILL_TARGET, CLIENT_DATA_FILL_LO)
+        );
+    }
+
+    #[test]
+    fn three_mounts_of_a_small_device_all_get_blocks() {
+        let total = (8u64 << 30) >> SM_BLOCK_SHIFT;
+        let f = DataFill::for_device(total);
+        assert!(3 * f.target < total);
+        assert!(f.lo < f.target);
+        assert_eq!(DataFill::for_device(1000).target, CLIENT_DATA_FILL_MIN);
     }
 }

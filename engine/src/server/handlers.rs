@@ -14,8 +14,7 @@
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use super::alloc::{
-    drain_list, empty_extents, fill_list, meta_extent_total, move_extents, set_list_low,
-    CLIENT_DATA_FILL_LO, CLIENT_DATA_FILL_TARGET,
+    drain_list, empty_extents, fill_list, meta_extent_total, move_extents, set_list_low, DataFill,
 };
 use super::{all_log_trees, decode_log_trees, Reply, Server, State};
 use crate::alloc::set_low_flag;
@@ -246,19 +245,20 @@ impl Server {
                 meta_extent_total(&sb.meta_alloc) <= reserve,
             );
 
+            let fill = DataFill::for_device(sb.total_data_blocks.get());
             let dhave = lt.data_avail.total_len.get();
-            if dhave < CLIENT_DATA_FILL_LO {
+            if dhave < fill.lo {
                 move_extents(
                     bt,
                     alloc,
                     &mut sb.data_alloc,
                     &mut lt.data_avail,
-                    CLIENT_DATA_FILL_TARGET - dhave,
+                    fill.target - dhave,
                 )
                 .await
                 .map_err(errno)?;
             }
-            set_low_flag(&mut lt.data_avail, CLIENT_DATA_FILL_LO);
+            set_low_flag(&mut lt.data_avail, fill.lo);
         }
         lt.get_trans_seq = st.next_seq().into();
         let key = log_trees_key(rid, lt.nr.get());

@@ -84,7 +84,7 @@ use crate::item::{HoldGuard, ItemFuture, Items, Transactions};
 use crate::link::ServerLink;
 use crate::merge::client::is_delta_key;
 use crate::runtime::{JoinHandle, Runtime};
-use crate::server::alloc::CLIENT_DATA_FILL_LO;
+use crate::server::alloc::DataFill;
 use crate::srch::file::SrchWriter;
 
 mod merge_worker;
@@ -234,6 +234,9 @@ struct Inner {
     rt: Runtime,
     rid: u64,
     fmt_vers: u64,
+    /// Data blocks under which a hold commits for a refill (the server's
+    /// threshold for this volume).
+    data_fill_lo: u64,
     opts: MountOptions,
     link: Arc<dyn ServerLink>,
     data_dev: Arc<dyn BlockDevice>,
@@ -314,6 +317,7 @@ impl Mount {
         let inner = Arc::new(Inner {
             rid,
             fmt_vers: sb.fmt_vers.get(),
+            data_fill_lo: DataFill::for_device(sb.total_data_blocks.get()).lo,
             link: link.clone(),
             data_dev: data,
             btree: Btree::new(cache.clone()),
@@ -573,7 +577,7 @@ impl Inner {
                 // dry.
                 (
                     st.meta_avail_nr < 2 * est || st.meta_avail_nr < META_AVAIL_MIN_BLOCKS,
-                    st.data_avail_nr < CLIENT_DATA_FILL_LO && !st.data_low,
+                    st.data_avail_nr < self.data_fill_lo && !st.data_low,
                     st.meta_low || st.data_low,
                     self.rt.now().saturating_sub(st.flags_at) >= LOW_RECHECK_INTERVAL,
                     st.meta_low,
