@@ -157,10 +157,19 @@ impl Bridge {
         // (the engine thread must not).
         let (tx, rx) = mpsc::sync_channel(2);
         let itx = tx.clone();
+        let pid = crate::filesystem::current_pid();
         let wake = Box::new(move || {
-            let _ = itx.try_send(Err(libc::EINTR));
+            // The kernel sends FUSE_INTERRUPT for any signal, and passes
+            // our EINTR on to the caller even when its handler would have
+            // restarted the call (SA_RESTART): stat(2) failing with EINTR
+            // breaks programs that merely got a SIGALRM. Only a dying
+            // caller is answered early.
+            if pid == 0 || fatal_signal_pending(pid) {
+                let _ = itx.try_send(Err(libc::EINTR));
+            }
         });
-        if !self.interrupts.register(tag, wake) {
+        if !self.interrupts.register(tag, wake) && (pid == 0 || fatal_signal_pending(pid)) {
+            // Interrupted before we got here.
             return Err(errno(libc::EINTR));
         }
         self.rt
@@ -184,4 +193,23 @@ impl Bridge {
     {
         self.rt.spawn(op).detach();
     }
+}
+
+/// Whether thread `tid` has SIGKILL pending: a fatal signal (also one whose
+/// default action kills, which the kernel turns into SIGKILL for the whole
+/// process) or an explicit kill.
+fn fatal_signal_pending(tid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        // Gone already: nobody waits for the answer.
+        return true;
+    };
+    let sigkill = 1u64 << (libc::SIGKILL - 1);
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigPnd:")
+                .or_else(|| l.strip_prefix("ShdPnd:"))
+        })
+        .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .any(|bits| bits & sigkill != 0)
 }

@@ -105,11 +105,19 @@ thread_local! {
     /// The unique id of the request this worker thread is handling (0:
     /// none): the tag of any data wait it starts.
     static CURRENT_REQUEST: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// The thread that made that request (0: unknown).
+    static CURRENT_PID: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// Set by the worker around each request (session.rs).
-pub fn set_current_request(unique: u64) {
+pub fn set_current_request(unique: u64, pid: u32) {
     CURRENT_REQUEST.with(|c| c.set(unique));
+    CURRENT_PID.with(|c| c.set(pid));
+}
+
+/// The thread whose request this worker is handling (0: unknown).
+pub fn current_pid() -> u32 {
+    CURRENT_PID.with(|c| c.get())
 }
 
 fn current_request() -> u64 {

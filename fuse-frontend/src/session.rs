@@ -298,7 +298,10 @@ fn serve_channel(ch: &mut fuse_backend_rs::transport::FuseChannel, pool: &Arc<Po
                         eprintln!("scoutfsd: starting a FUSE worker failed: {e}");
                     }
                 }
-                crate::filesystem::set_current_request(header.map_or(0, |h| h.unique));
+                crate::filesystem::set_current_request(
+                    header.map_or(0, |h| h.unique),
+                    header.map_or(0, |h| h.pid),
+                );
                 let handled = match &ours {
                     Some(h) => match pool.dispatch.handle(h, peek, &mut writer) {
                         Ok(Handled::Done) => Ok(()),
@@ -313,7 +316,7 @@ fn serve_channel(ch: &mut fuse_backend_rs::transport::FuseChannel, pool: &Arc<Po
                         .handle_message(reader, writer.into(), None, None)
                         .map(|_| ()),
                 };
-                crate::filesystem::set_current_request(0);
+                crate::filesystem::set_current_request(0, 0);
                 pool.busy.fetch_sub(1, Ordering::AcqRel);
                 match handled {
                     Ok(()) => {}
