@@ -27,20 +27,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use drivers::{BlockDevice, FileDevice, OpenOptions};
-use engine::mkfs::{format_volume, MkfsOptions};
-use support::{skip, IMAGE_BYTES, SCOUTFS};
+use support::{free_port, make_volume, skip, SCOUTFS};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn free_port() -> u16 {
-    loop {
-        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = t.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 /// Run by the parent as a child process: one daemon with slot 0. Ignored
 /// so a normal run skips it: it is not a test of its own but the daemon
@@ -190,25 +179,9 @@ fn fenced_agent_fences_a_killed_leader() {
     }
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let (meta, data, mnt) = (
-        dir.path().join("meta.img"),
-        dir.path().join("data.img"),
-        dir.path().join("mnt"),
-    );
+    let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    for p in [&meta, &data] {
-        std::fs::File::create(p)
-            .unwrap()
-            .set_len(IMAGE_BYTES)
-            .unwrap();
-    }
-    {
-        let m = FileDevice::open(&meta, &OpenOptions::new()).unwrap();
-        let d = FileDevice::open(&data, &OpenOptions::new()).unwrap();
-        let mut opts = MkfsOptions::default();
-        opts.quorum_slots[0] = Some((std::net::Ipv4Addr::LOCALHOST, free_port()));
-        format_volume(&m, &d, &opts).unwrap();
-    }
+    let (meta, data) = make_volume(dir.path(), free_port());
 
     // The first node leads, then dies without a word.
     let mut a = Daemon::start(&run, &meta, &data, &mnt);

@@ -39,6 +39,25 @@ pub fn skip(test: &str) -> bool {
     false
 }
 
+/// Makes `meta.img` and `data.img` in `dir` (sparse, [`IMAGE_BYTES`]) with
+/// the original mkfs's defaults and quorum slot 0 at `slot0`.
+pub fn make_volume(dir: &Path, slot0: u16) -> (PathBuf, PathBuf) {
+    let meta = dir.join("meta.img");
+    let data = dir.join("data.img");
+    for p in [&meta, &data] {
+        std::fs::File::create(p)
+            .unwrap()
+            .set_len(IMAGE_BYTES)
+            .unwrap();
+    }
+    let m = FileDevice::open(&meta, &OpenOptions::new()).unwrap();
+    let d = FileDevice::open(&data, &OpenOptions::new()).unwrap();
+    let mut opts = MkfsOptions::default();
+    opts.quorum_slots[0] = Some((std::net::Ipv4Addr::LOCALHOST, slot0));
+    format_volume(&m, &d, &opts).unwrap();
+    (meta, data)
+}
+
 /// A volume on sparse images, served by a daemon thread of this process.
 pub struct Mounted {
     _dir: tempfile::TempDir,
@@ -51,23 +70,10 @@ pub struct Mounted {
 impl Mounted {
     pub fn new() -> Mounted {
         let dir = tempfile::tempdir().unwrap();
-        let meta = dir.path().join("meta.img");
-        let data = dir.path().join("data.img");
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        for p in [&meta, &data] {
-            std::fs::File::create(p)
-                .unwrap()
-                .set_len(IMAGE_BYTES)
-                .unwrap();
-        }
-        {
-            let m = FileDevice::open(&meta, &OpenOptions::new()).unwrap();
-            let d = FileDevice::open(&data, &OpenOptions::new()).unwrap();
-            let mut opts = MkfsOptions::default();
-            opts.quorum_slots[0] = Some((std::net::Ipv4Addr::LOCALHOST, 12345));
-            format_volume(&m, &d, &opts).unwrap();
-        }
+        // The embedded server never listens on slot 0's address.
+        let (meta, data) = make_volume(dir.path(), 12345);
         let mut v = Mounted {
             _dir: dir,
             meta,
@@ -135,21 +141,7 @@ pub struct Cluster {
 impl Cluster {
     pub fn new() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let meta = dir.path().join("meta.img");
-        let data = dir.path().join("data.img");
-        for p in [&meta, &data] {
-            std::fs::File::create(p)
-                .unwrap()
-                .set_len(IMAGE_BYTES)
-                .unwrap();
-        }
-        {
-            let m = FileDevice::open(&meta, &OpenOptions::new()).unwrap();
-            let d = FileDevice::open(&data, &OpenOptions::new()).unwrap();
-            let mut opts = MkfsOptions::default();
-            opts.quorum_slots[0] = Some((std::net::Ipv4Addr::LOCALHOST, free_port()));
-            format_volume(&m, &d, &opts).unwrap();
-        }
+        let (meta, data) = make_volume(dir.path(), free_port());
         let mut c = Cluster {
             _dir: dir,
             meta,
