@@ -81,6 +81,18 @@ async fn serve(
     term: u64,
     recovering: Vec<u64>,
 ) -> NetServer {
+    serve_fencing(rt, server, t, term, recovering, Arc::default()).await
+}
+
+/// A server that records the rids it fences instead of failing at once.
+async fn serve_fencing(
+    rt: &Runtime,
+    server: &Arc<Server>,
+    t: &Arc<dyn Transport>,
+    term: u64,
+    recovering: Vec<u64>,
+    fenced: Arc<Mutex<Vec<u64>>>,
+) -> NetServer {
     NetServer::start(
         rt.clone(),
         server.clone(),
@@ -88,7 +100,10 @@ async fn serve(
         "127.0.0.1:0".parse().unwrap(),
         term,
         recovering,
-        Box::new(|rid, why| panic!("rid {rid:#x} fenced: {why}")),
+        Box::new(move |rid, why| {
+            eprintln!("rid {rid:#x} fenced: {why}");
+            fenced.lock().unwrap().push(rid);
+        }),
     )
     .await
     .expect("listen")
@@ -209,5 +224,79 @@ fn locks_over_tcp_invalidate_share_and_recover_after_failover() {
                 .expect("farewell");
         }
         assert_clean(&meta, &data, "after lock traffic and farewells");
+    });
+}
+
+/// A mount whose lock client is already gone (an unmount that dropped its
+/// filesystem and waits for the farewell answer) still answers the
+/// recovery of a new server: it holds nothing. Left silent, the new
+/// server would fence it once the recovery timeout passed, and every
+/// other mount's locks would wait that long (seen when quorum members
+/// unmounted together and the leader left first).
+#[test]
+fn a_mount_without_locks_answers_recovery_and_is_not_fenced() {
+    let ex = Executor::new(Arc::new(ThreadPark::new()));
+    let rt = ex.runtime();
+    ex.block_on(async move {
+        let (meta, data) = mkfs(8 * GIB, 16 * GIB, 52);
+        let server = open(&meta, &data, &rt).await;
+        let t: Arc<dyn Transport> = Arc::new(TcpTransport::new(rt.clone()));
+        let ns = serve(&rt, &server, &t, 1, Vec::new()).await;
+        let addr = Arc::new(Mutex::new(ns.local_addr()));
+        let log: Log = Arc::default();
+        let a = mount(&rt, &t, &server, 0xa, &addr, "a", &log);
+        let Mount {
+            link: c_link,
+            locks: c_locks,
+        } = mount(&rt, &t, &server, 0xc, &addr, "c", &log);
+        let x = inode_lock(200);
+        drop(
+            c_locks
+                .lock(x, LockMode::Write, false)
+                .await
+                .expect("c write"),
+        );
+        // C unmounts: its locks go, its farewell is not yet sent.
+        drop(c_locks);
+        c_link.set_farewell(true);
+
+        drop(ns);
+        let fenced: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let ns2 = serve_fencing(&rt, &server, &t, 2, vec![0xa, 0xc], fenced.clone()).await;
+        *addr.lock().unwrap() = ns2.local_addr();
+        a.link.drop_socket();
+        c_link.drop_socket();
+        let started = std::time::Instant::now();
+        // Well inside the recovery timeout, after which C would be fenced.
+        let patience = engine::lock::server::LOCK_RECOVERY_TIMEOUT / 2;
+        let g = match futures::future::select(
+            Box::pin(a.locks.lock(x, LockMode::Write, false)),
+            Box::pin(rt.sleep(patience)),
+        )
+        .await
+        {
+            futures::future::Either::Left((g, _)) => g.expect("a write after failover"),
+            futures::future::Either::Right(_) => {
+                panic!("recovery still waits for the unmounting mount after {patience:?}")
+            }
+        };
+        assert!(
+            fenced.lock().unwrap().is_empty(),
+            "fenced {:x?} after {:?}",
+            fenced.lock().unwrap(),
+            started.elapsed()
+        );
+        drop(g);
+        c_link
+            .call(Cmd::Farewell, Vec::new())
+            .await
+            .expect("c's farewell");
+        a.link.set_farewell(true);
+        a.link
+            .call(Cmd::Farewell, Vec::new())
+            .await
+            .expect("a's farewell");
+        assert!(fenced.lock().unwrap().is_empty());
+        assert_clean(&meta, &data, "after the farewells");
     });
 }

@@ -11,7 +11,7 @@ use zerocopy::IntoBytes;
 
 use super::mode::LockMode;
 use crate::format::key::Key;
-use crate::format::net::{NetLock, NetLockRecoverHeader, LOCK_RECOVER_MAX_LOCKS};
+use crate::format::net::{Cmd, NetLock, NetLockRecoverHeader, LOCK_RECOVER_MAX_LOCKS};
 use crate::format::{read_struct, FormatError};
 
 pub const NET_LOCK_BYTES: usize = std::mem::size_of::<NetLock>();
@@ -83,6 +83,33 @@ pub fn decode_recover_request(bytes: &[u8]) -> Result<Key, FormatError> {
         )));
     }
     Key::from_disk(read_struct(bytes)?)
+}
+
+/// The answer of a mount that holds no locks at all (its lock client is
+/// gone: an unmount waiting for its farewell): an invalidation is already
+/// satisfied, and recovery finds nothing. Without it the server would wait
+/// for an answer that never comes and fence the mount (trap: a member
+/// unmounting while the leader changes).
+pub fn answer_holding_nothing(cmd: Cmd, data: &[u8]) -> Result<Vec<u8>, i32> {
+    match cmd {
+        Cmd::Lock => {
+            let m = decode_lock(data)
+                .and_then(|nl| LockMsg::from_net(&nl))
+                .map_err(|_| libc::EINVAL)?;
+            Ok(encode_lock(
+                &LockMsg {
+                    new: LockMode::Null,
+                    ..m
+                }
+                .to_net(),
+            ))
+        }
+        Cmd::LockRecover => {
+            decode_recover_request(data).map_err(|_| libc::EINVAL)?;
+            Ok(encode_recover_reply(&[]))
+        }
+        _ => Err(libc::EOPNOTSUPP),
+    }
 }
 
 /// The LOCK_RECOVER reply: a header and at most 22 locks.

@@ -34,6 +34,7 @@ use super::transport::{StreamReader, StreamWriter, Transport};
 use super::wire_reply;
 use crate::format::net::{Cmd, NetGreeting};
 use crate::link::{CallFuture, CallResult, ServerLink};
+use crate::lock::wire::answer_holding_nothing;
 use crate::net::{Action, Conn, ReqRef, SockId};
 use crate::runtime::{JoinHandle, Runtime};
 
@@ -151,6 +152,20 @@ impl NetClient {
     /// Routes lock traffic to `sink`, in arrival order.
     pub fn set_lock_sink(&self, sink: mpsc::UnboundedSender<LockInbound>) {
         self.shared.lock().lock_sink = Some(sink);
+    }
+
+    /// Stops routing lock traffic (the lock client is going away): later
+    /// LOCK and LOCK_RECOVER requests are answered as by a mount holding
+    /// no locks.
+    pub fn clear_lock_sink(&self) {
+        self.shared.lock().lock_sink = None;
+    }
+
+    /// Answers a request the lock client will never see (it went away
+    /// with the request still queued) as a mount holding no locks.
+    pub fn answer_holding_nothing(&self, req: ReqRef, cmd: Cmd, data: &[u8]) {
+        let (errno, payload) = wire_reply(answer_holding_nothing(cmd, data));
+        self.respond(req, errno, payload);
     }
 
     /// Sends a LOCK request whose response goes to the lock sink.
@@ -276,9 +291,22 @@ impl Shared {
                         let _ = tx.send(if errno == 0 { Ok(data) } else { Err(errno) });
                     }
                 }
-                Action::Request { req, cmd, data, .. } => match (&st.lock_sink, cmd) {
-                    (Some(sink), Cmd::Lock | Cmd::LockRecover) => {
-                        let _ = sink.unbounded_send(LockInbound::Request { req, cmd, data });
+                Action::Request { req, cmd, data, .. } => match cmd {
+                    Cmd::Lock | Cmd::LockRecover => {
+                        let unrouted = match &st.lock_sink {
+                            Some(sink) => sink
+                                .unbounded_send(LockInbound::Request { req, cmd, data })
+                                .err()
+                                .map(|e| e.into_inner()),
+                            None => Some(LockInbound::Request { req, cmd, data }),
+                        };
+                        if let Some(LockInbound::Request { req, cmd, data }) = unrouted {
+                            // No lock client: this mount holds nothing.
+                            let (errno, payload) = wire_reply(answer_holding_nothing(cmd, &data));
+                            let mut more = Vec::new();
+                            st.conn.respond(req, errno, payload, &mut more);
+                            self.apply(st, more);
+                        }
                     }
                     _ => self.serve_request(req, cmd, data),
                 },

@@ -68,7 +68,19 @@ struct Shared {
 /// A mount's locks.
 pub struct NetLocks {
     shared: Arc<Shared>,
-    _task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for NetLocks {
+    fn drop(&mut self) {
+        // The connection answers later lock requests itself; the task
+        // lives on to answer the ones already queued (the server would
+        // wait for them forever), then ends with the channel.
+        self.shared.link.clear_lock_sink();
+        if let Some(t) = self.task.take() {
+            t.detach();
+        }
+    }
 }
 
 /// A held lock; unlocks when dropped.
@@ -106,10 +118,10 @@ impl NetLocks {
         });
         let (tx, rx) = mpsc::unbounded();
         link.set_lock_sink(tx);
-        let task = rt.spawn(inbound_loop(Arc::downgrade(&shared), rx));
+        let task = rt.spawn(inbound_loop(Arc::downgrade(&shared), link.clone(), rx));
         NetLocks {
             shared,
-            _task: task,
+            task: Some(task),
         }
     }
 
@@ -153,10 +165,17 @@ impl NetLocks {
     }
 }
 
-async fn inbound_loop(weak: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<LockInbound>) {
+async fn inbound_loop(
+    weak: Weak<Shared>,
+    link: Arc<NetClient>,
+    mut rx: mpsc::UnboundedReceiver<LockInbound>,
+) {
     while let Some(msg) = rx.next().await {
         let Some(s) = weak.upgrade() else {
-            return;
+            if let LockInbound::Request { req, cmd, data } = msg {
+                link.answer_holding_nothing(req, cmd, &data);
+            }
+            continue;
         };
         match msg {
             LockInbound::Grant { errno: 0, data } => match decode_lock(&data) {
