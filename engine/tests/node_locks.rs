@@ -266,7 +266,6 @@ fn a_mount_without_locks_answers_recovery_and_is_not_fenced() {
         *addr.lock().unwrap() = ns2.local_addr();
         a.link.drop_socket();
         c_link.drop_socket();
-        let started = std::time::Instant::now();
         // Well inside the recovery timeout, after which C would be fenced.
         let patience = engine::lock::server::LOCK_RECOVERY_TIMEOUT / 2;
         let g = match futures::future::select(
@@ -282,9 +281,8 @@ fn a_mount_without_locks_answers_recovery_and_is_not_fenced() {
         };
         assert!(
             fenced.lock().unwrap().is_empty(),
-            "fenced {:x?} after {:?}",
-            fenced.lock().unwrap(),
-            started.elapsed()
+            "fenced {:x?}",
+            fenced.lock().unwrap()
         );
         drop(g);
         c_link
