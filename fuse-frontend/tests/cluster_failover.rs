@@ -40,7 +40,7 @@ mod support;
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -114,6 +114,10 @@ struct Synced {
     log: Option<(PathBuf, u64)>,
     /// When each file's fsync returned (wall clock, as quorum events).
     times: Vec<std::time::SystemTime>,
+    /// Inode numbers of the directory and of each file, as the writing
+    /// mount saw them (what a loss report compares the others with).
+    dir_ino: u64,
+    inos: Vec<u64>,
 }
 
 /// A writer on one mount, until stopped or its mount is killed.
@@ -152,15 +156,18 @@ impl Writer {
             let mut logged = 0u64;
             let res = (|| -> std::io::Result<()> {
                 fs::create_dir(mnt.join(&dir))?;
+                sy.lock().unwrap().dir_ino = fs::metadata(mnt.join(&dir))?.ino();
                 let mut n = 0u64;
                 while !s.load(Ordering::SeqCst) {
                     let rel = dir.join(format!("f{n}"));
                     let mut h = fs::File::create(mnt.join(&rel))?;
                     h.write_all(&content(mount, gen, n))?;
                     h.sync_all()?;
+                    let ino = h.metadata()?.ino();
                     {
                         let mut g = sy.lock().unwrap();
                         g.files.push((rel, mount, gen, n));
+                        g.inos.push(ino);
                         g.times.push(std::time::SystemTime::now());
                     }
                     let line = log_line(mount, gen, n);
@@ -215,20 +222,44 @@ impl Writer {
 /// What a mount shows of a file it should have: whether the kernel's
 /// caches or the daemon's hide it (a second look after dropping the
 /// kernel's dentries), its parent's listing, and the daemon's busy locks.
-fn lost_file_report(mnt: &Path, rel: &Path) -> String {
+fn lost_file_report(mnt: &Path, rel: &Path, s: &Synced) -> String {
     let _ = fs::write("/proc/sys/vm/drop_caches", b"2");
     let again = fs::metadata(mnt.join(rel)).map(|m| m.len());
     let parent = rel.parent().unwrap_or(Path::new(""));
-    let listing: Vec<String> = fs::read_dir(mnt.join(parent))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_else(|e| vec![format!("<readdir: {e}>")]);
-    let has = listing
+    let expected = s
+        .files
         .iter()
-        .any(|n| Some(n.as_str()) == rel.file_name().and_then(|f| f.to_str()));
+        .position(|f| f.0 == rel)
+        .map(|i| s.inos[i])
+        .unwrap_or(0);
+    // Every mount of this test sits beside `mnt`: the same view there
+    // tells a stale cache (one mount) from a lost item (all of them).
+    let mounts: Vec<PathBuf> = fs::read_dir(mnt.parent().expect("mount dir"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| mount_entry(p).is_some())
+        .collect();
+    let views: Vec<String> = mounts
+        .iter()
+        .map(|m| {
+            let dir = fs::metadata(m.join(parent)).map(|d| d.ino());
+            let listing: Vec<String> = fs::read_dir(m.join(parent))
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| format!("{}={}", e.file_name().to_string_lossy(), e.ino()))
+                        .collect()
+                })
+                .unwrap_or_else(|e| vec![format!("<readdir: {e}>")]);
+            let file = fs::metadata(m.join(rel)).map(|f| (f.ino(), f.len()));
+            format!(
+                "  {}: dir ino {dir:?} [{}], file {file:?}",
+                m.display(),
+                listing.join(" ")
+            )
+        })
+        .collect();
     let trees: Vec<String> = fs::read_dir(run_dir())
         .into_iter()
         .flatten()
@@ -242,11 +273,28 @@ fn lost_file_report(mnt: &Path, rel: &Path) -> String {
             format!("{}:\n{locks}", e.path().display())
         })
         .collect();
+    // Another mount writes where the name should be: that takes the
+    // group's WRITE from this mount, which must drop what it cached. Seen
+    // now, the name was a stale cache; still missing, a wrong read.
+    let writer = mounts.iter().find(|m| m.as_path() != mnt);
+    let probe = writer.map(|w| {
+        let mut steps = Vec::new();
+        for dir in [PathBuf::new(), parent.to_path_buf()] {
+            let made = fs::create_dir(w.join(&dir).join("probe-after-loss"));
+            let seen = fs::metadata(mnt.join(rel)).map(|m| m.len());
+            steps.push(format!(
+                "{} made '{}'/probe-after-loss: {made:?}; then on {}: {seen:?}",
+                w.display(),
+                dir.display(),
+                mnt.display()
+            ));
+        }
+        steps.join("; ")
+    });
     format!(
-        "after drop_caches: {again:?}; {} lists {} entries, the name {}; locks:\n{}",
-        parent.display(),
-        listing.len(),
-        if has { "among them" } else { "not among them" },
+        "after drop_caches: {again:?}; written as dir ino {} file ino {expected}; views:\n{}\nlocks:\n{}\nprobe: {probe:?}",
+        s.dir_ino,
+        views.join("\n"),
         trees.join("\n")
     )
 }
@@ -260,7 +308,7 @@ fn verify(mnt: &Path, w: &Writer) -> usize {
                 "fsync'd {} lost on {}: {e}\n{}",
                 rel.display(),
                 mnt.display(),
-                lost_file_report(mnt, rel)
+                lost_file_report(mnt, rel, &s)
             )
         });
         assert!(

@@ -283,6 +283,16 @@ impl<T: Clone> LockClient<T> {
         })
     }
 
+    /// The mode this mount's cache of `key` is entitled to: that of the
+    /// cached lock whose range holds the key, NULL without one.
+    pub fn mode_at(&self, key: &Key) -> LockMode {
+        self.locks
+            .range(..=*key)
+            .next_back()
+            .filter(|(_, l)| *key <= l.range.end)
+            .map_or(LockMode::Null, |(_, l)| l.mode)
+    }
+
     pub fn views(&self) -> impl Iterator<Item = LockView> + '_ {
         self.locks.keys().filter_map(|k| self.view(k))
     }

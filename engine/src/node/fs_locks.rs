@@ -185,8 +185,10 @@ impl ClusterFsLocks {
             rt: rt.clone(),
             mount: weak.clone(),
         }));
+        let locks = NetLocks::new(rt, link.clone(), cfg, hook);
+        mount.set_coverage(locks.coverage());
         ClusterFsLocks {
-            locks: NetLocks::new(rt, link.clone(), cfg, hook),
+            locks,
             link,
             mount: weak,
             cached,

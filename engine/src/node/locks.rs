@@ -125,6 +125,21 @@ impl NetLocks {
         }
     }
 
+    /// The mode of the cached lock covering `key` (NULL without one).
+    pub fn mode_at(&self, key: &crate::format::Key) -> LockMode {
+        self.shared.lock().client.mode_at(key)
+    }
+
+    /// [`NetLocks::mode_at`] for [`crate::trans::Mount::set_coverage`]: it
+    /// answers NULL once these locks are gone.
+    pub fn coverage(&self) -> crate::trans::Coverage {
+        let weak = Arc::downgrade(&self.shared);
+        Arc::new(move |key| {
+            weak.upgrade()
+                .map_or(LockMode::Null, |s| s.lock().client.mode_at(key))
+        })
+    }
+
     /// Every cached lock as the state machine sees it (the status tree's
     /// `client_locks`, what a hang report needs).
     pub fn views(&self) -> Vec<crate::lock::client::LockView> {

@@ -66,7 +66,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::alloc::{alloc_extent, free_extent, ListAlloc};
 use crate::block::{BlockCache, Error};
 use crate::btree::Btree;
-use crate::forest::{lock_range, Forest};
+use crate::forest::Forest;
 use crate::format::block::check_fixed_block;
 use crate::format::bloom::{bloom_bits, BloomBlock};
 use crate::format::btree::LEAF_EMPTY_FREE;
@@ -257,7 +257,28 @@ struct Inner {
     /// to the log tree's srch file (§1.9).
     srch_pending: Mutex<Vec<SrchEntry>>,
     srch: srch_worker::SrchState,
+    /// The cluster-lock mode this mount holds over a key (cluster mounts).
+    coverage: std::sync::OnceLock<Coverage>,
+    /// Item calls made outside a covering lock mode.
+    uncovered: AtomicU64,
 }
+
+/// Answers which cluster-lock mode this mount holds over a key.
+pub type Coverage = Arc<dyn Fn(&Key) -> crate::lock::LockMode + Send + Sync>;
+
+/// Zones whose items mounts write without a lock of their own (the
+/// original's WRITE_ONLY index, orphan and tag locks): the item seq orders
+/// them between mounts.
+fn blind_zone(key: &Key) -> bool {
+    use crate::format::key::zone;
+    matches!(
+        key.zone,
+        zone::INODE_INDEX | zone::ORPHAN | zone::XATTR_TOTL | zone::XATTR_INDX
+    )
+}
+
+/// Reports of uncovered item calls printed before they are only counted.
+const UNCOVERED_REPORTS: u64 = 20;
 
 /// The client side of one mounted volume.
 pub struct Mount {
@@ -341,6 +362,8 @@ impl Mount {
             merge,
             srch_pending: Mutex::new(Vec::new()),
             srch: srch_worker::SrchState::new(&meta2, sb.hdr.fsid.get(), &rt),
+            coverage: std::sync::OnceLock::new(),
+            uncovered: AtomicU64::new(0),
             opts,
             rt,
         });
@@ -412,11 +435,47 @@ impl Mount {
     }
 
     /// Where cluster-lock coverage of every item call is checked. Without
-    /// cluster locks (single node) every key is covered.
-    pub fn check_lock(&self, key: &Key, _write: bool) -> Result<(), i32> {
-        let (start, end) = lock_range(key);
-        debug_assert!(start <= *key && *key <= end);
+    /// cluster locks (single node) every key is covered. A call outside a
+    /// lock mode that covers it reads or keeps items no invalidation will
+    /// ever drop (another mount may change them meanwhile): it is counted
+    /// ([`Mount::uncovered_calls`]) and the first few are reported, so the
+    /// caller that forgot its lock can be found.
+    pub fn check_lock(&self, key: &Key, write: bool) -> Result<(), i32> {
+        let Some(coverage) = self.inner.coverage.get() else {
+            return Ok(());
+        };
+        if blind_zone(key) {
+            // Written blind, read from committed state after forgetting
+            // what was cached (docs/decisions.md, "Cluster locks: inode
+            // groups only").
+            return Ok(());
+        }
+        let mode = coverage(key);
+        let covered = if write {
+            mode.can_write()
+        } else {
+            mode.can_read()
+        };
+        if !covered {
+            let n = self.inner.uncovered.fetch_add(1, Ordering::Relaxed);
+            if n < UNCOVERED_REPORTS {
+                eprintln!(
+                    "scoutfsd: item {} of {key} outside a covering cluster lock (mode {mode:?})",
+                    if write { "change" } else { "read" }
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// Sets where [`Mount::check_lock`] learns the lock modes (once).
+    pub fn set_coverage(&self, coverage: Coverage) {
+        let _ = self.inner.coverage.set(coverage);
+    }
+
+    /// Item calls made outside a covering cluster lock.
+    pub fn uncovered_calls(&self) -> u64 {
+        self.inner.uncovered.load(Ordering::Relaxed)
     }
 
     /// Records a write grant's `write_seq` (§2.1): every item this mount
