@@ -764,3 +764,52 @@ fn stale_read_invalidation_of_write_only_leaves_null() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A client whose first greeting reply from this server was lost greets
+/// again as first contact; the net layer discards its connection state
+/// with everything queued in it. The invalidation it never saw is sent
+/// again (else the writer waiting for it hangs), and the request it
+/// resends replaces the queued one (else the server refuses it as a
+/// second request and the client never gets its lock).
+#[test]
+fn a_second_first_contact_resends_invalidations_and_takes_resent_requests() {
+    let mut c = Cluster::new(&[1, 2], 8);
+    c.lock(1, 1, a(), Read);
+    c.lock(2, 1, b(), Read);
+    c.settle();
+    assert!(c.has(1, 1) && c.has(2, 1));
+    // 2 wants a WRITE (1 must be invalidated); 1 wants b WRITE (2 must).
+    c.lock(2, 2, a(), Write);
+    c.lock(1, 2, b(), Write);
+    while c.up1(1) | c.up1(2) {}
+    // 1's connection is lost before it saw the invalidation; it comes
+    // back as first contact and resends its unanswered request.
+    c.down.get_mut(&1).unwrap().clear();
+    let resent: Vec<Up> = c.clients[&1]
+        .views()
+        .filter(|v| v.request.is_some())
+        .map(|v| Up::Request {
+            token: 1000,
+            nl: LockMsg {
+                key: v.range.start,
+                write_seq: 0,
+                old: v.mode,
+                new: v.request.unwrap(),
+            }
+            .to_net(),
+        })
+        .collect();
+    assert_eq!(resent.len(), 1, "1's request for b is unanswered");
+    c.server(ServerEvent::Greeted { rid: 1 });
+    c.up.get_mut(&1).unwrap().extend(resent);
+    c.unlock(1, 1);
+    c.unlock(2, 1);
+    c.settle();
+    assert!(
+        c.has(2, 2),
+        "2's WRITE on a waits for an invalidation 1 never saw"
+    );
+    assert!(c.has(1, 2), "1's resent request for b was refused");
+    assert_eq!(c.mode(1, a()), Null);
+    assert_eq!(c.mode(2, b()), Null);
+}

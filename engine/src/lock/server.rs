@@ -238,7 +238,7 @@ impl<T: Clone> LockServer<T> {
     pub fn handle(&mut self, core_seq: &mut u64, ev: ServerEvent<T>) -> Vec<ServerAction<T>> {
         let mut out = Vec::new();
         match ev {
-            ServerEvent::Greeted { rid } => self.greeted(rid, &mut out),
+            ServerEvent::Greeted { rid } => self.greeted(rid, core_seq, &mut out),
             ServerEvent::Request { rid, token, nl } => {
                 self.request(rid, token, &nl, core_seq, &mut out)
             }
@@ -271,7 +271,10 @@ impl<T: Clone> LockServer<T> {
         out
     }
 
-    fn greeted(&mut self, rid: u64, out: &mut Vec<ServerAction<T>>) {
+    fn greeted(&mut self, rid: u64, core_seq: &mut u64, out: &mut Vec<ServerAction<T>>) {
+        if self.clients.contains_key(&rid) {
+            self.connection_reset(rid, core_seq, out);
+        }
         let c = self.clients.entry(rid).or_insert(Client {
             recovery: Recovery::Done,
             farewell: false,
@@ -286,6 +289,40 @@ impl<T: Clone> LockServer<T> {
             // Asking only once left the mount to be fenced at the recovery
             // timeout. Restarting is harmless: reports overwrite grants.
             out.push(ServerAction::Recover { rid, key: Key::MIN });
+        }
+    }
+
+    /// A first-contact greeting from a rid we already know: the client
+    /// never saw our earlier greeting reply, so it saw nothing we queued
+    /// behind it, and the net layer has discarded that connection state
+    /// with every message in it. The client resends its unanswered
+    /// requests, so the queued copies (whose tokens are dead) go, or the
+    /// resent ones would be refused as second requests; and the
+    /// invalidations it never saw are sent again, or the locks they hold
+    /// up would wait forever.
+    fn connection_reset(&mut self, rid: u64, core_seq: &mut u64, out: &mut Vec<ServerAction<T>>) {
+        let mut touched = Vec::new();
+        for (&key, node) in self.nodes.iter_mut() {
+            let before = node.requested.len();
+            node.requested.retain(|q| q.rid != rid);
+            if node.requested.len() != before {
+                touched.push(key);
+            }
+            if let Some(inv) = node.invalidated.get(&rid) {
+                out.push(ServerAction::Invalidate {
+                    rid,
+                    nl: LockMsg {
+                        key,
+                        write_seq: 0,
+                        old: inv.grant.mode,
+                        new: inv.to,
+                    }
+                    .to_net(),
+                });
+            }
+        }
+        for key in touched {
+            self.process(key, core_seq, out);
         }
     }
 
