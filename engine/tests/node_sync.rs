@@ -282,3 +282,85 @@ fn the_last_quorum_member_waits_for_the_clients_to_leave() {
         assert_clean(&meta, &data, "after every farewell");
     });
 }
+
+/// What a merge started by coordinated finalization spliced stays readable
+/// by a mount that never cached it: a live mount's tree finalized by the
+/// server right after its commit (its first, like a mount that just came
+/// up after a failover), merged while that mount writes on in its next
+/// tree, and read afterwards by a new mount from fs_root and the log
+/// trees alone.
+#[test]
+fn a_merged_tree_of_a_live_mount_reads_back_on_a_new_mount() {
+    let ex = Executor::new(Arc::new(ThreadPark::new()));
+    let rt = ex.runtime();
+    ex.block_on(async move {
+        let (meta, data) = mkfs(8 * GIB, 16 * GIB, 63);
+        let server = open(&meta, &data, &rt).await;
+        let t: Arc<dyn Transport> = Arc::new(TcpTransport::new(rt.clone()));
+        let ns = serve(&rt, &server, &t).await;
+        let addr = ns.local_addr();
+        let a = node(&rt, &t, &server, (&meta, &data), addr, 0xa, false).await;
+        let c = node(&rt, &t, &server, (&meta, &data), addr, 0xc, false).await;
+        touch(&c, "c0").await;
+        c.fs.fsync().await.expect("c syncs");
+        c.link
+            .call(Cmd::Farewell, Vec::new())
+            .await
+            .expect("farewell");
+        drop(c);
+
+        // A's first commit: a directory and a file in it. The server
+        // finalizes that tree at once (a finalized tree waits), and the
+        // merge starts.
+        let dir =
+            a.fs.mkdir(&root_ctx(), ROOT_INO, b"w2-8", 0o755)
+                .await
+                .expect("mkdir")
+                .ino;
+        a.fs.create(&root_ctx(), dir, b"f0", 0o644)
+            .await
+            .expect("create f0");
+        a.fs.fsync().await.expect("a syncs");
+        eventually(&rt, "the merge starts", || {
+            merge_started(&server, &meta, &rt)
+        })
+        .await;
+        // A writes on in its next tree while the merge runs.
+        for name in [b"log".as_slice(), b"f1", b"f2"] {
+            a.fs.create(&root_ctx(), dir, name, 0o644)
+                .await
+                .expect("create");
+            a.fs.fsync().await.expect("a syncs");
+        }
+        for _ in 0..100 {
+            a.mount.merge_now().await.expect("merge work");
+            if !merge_started(&server, &meta, &rt).await {
+                break;
+            }
+        }
+        assert!(
+            !merge_started(&server, &meta, &rt).await,
+            "the merge did not finish"
+        );
+
+        let d = node(&rt, &t, &server, (&meta, &data), addr, 0xd, false).await;
+        let got =
+            d.fs.lookup(ROOT_INO, b"w2-8")
+                .await
+                .unwrap_or_else(|e| panic!("w2-8 on a new mount: {e}"));
+        assert_eq!(got.ino, dir);
+        for name in ["f0", "log", "f1", "f2"] {
+            d.fs.lookup(dir, name.as_bytes())
+                .await
+                .unwrap_or_else(|e| panic!("w2-8/{name} on a new mount: {e}"));
+        }
+        d.fs.lookup(ROOT_INO, b"c0").await.expect("c0");
+        for n in [&a, &d] {
+            n.link
+                .call(Cmd::Farewell, Vec::new())
+                .await
+                .expect("farewell");
+        }
+        drop(ns);
+    });
+}
