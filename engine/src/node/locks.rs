@@ -118,7 +118,11 @@ impl NetLocks {
         });
         let (tx, rx) = mpsc::unbounded();
         link.set_lock_sink(tx);
-        let task = rt.spawn(inbound_loop(Arc::downgrade(&shared), link.clone(), rx));
+        let task = rt.spawn(inbound_loop(
+            Arc::downgrade(&shared),
+            Arc::downgrade(&link),
+            rx,
+        ));
         NetLocks {
             shared,
             task: Some(task),
@@ -182,12 +186,14 @@ impl NetLocks {
 
 async fn inbound_loop(
     weak: Weak<Shared>,
-    link: Arc<NetClient>,
+    link: Weak<NetClient>,
     mut rx: mpsc::UnboundedReceiver<LockInbound>,
 ) {
     while let Some(msg) = rx.next().await {
         let Some(s) = weak.upgrade() else {
-            if let LockInbound::Request { req, cmd, data } = msg {
+            // Weak: the connection's own lifetime must not hang on this
+            // task, which ends with the channel the connection holds.
+            if let (LockInbound::Request { req, cmd, data }, Some(link)) = (msg, link.upgrade()) {
                 link.answer_holding_nothing(req, cmd, &data);
             }
             continue;
