@@ -10,7 +10,8 @@
 //! merge work: GET_LOG_MERGE → `merge::client::merge_request` → write →
 //! COMMIT_LOG_MERGE until ENOENT (with tiny merge limits on odd cycles, so
 //! completions REMAIN and ranges are put back and resumed). Then the
-//! background freeing runs to the end.
+//! background freeing runs to the end; the check is clean before it and
+//! after its first step too (merged trees waiting to be freed are in use).
 //!
 //! After every cycle: `fs_root` holds exactly what the mounts wrote (a
 //! model map, newest write wins, tombstones delete), no finalized tree and
@@ -394,6 +395,21 @@ async fn merge_cycles(rt: Runtime, seed: u64) {
             }
         }
         assert!(drained, "cycle {cycle}: log trees still hold items");
+        // The merged trees wait to be freed: a volume left like this (the
+        // server stopped) is consistent, their blocks still in use, and
+        // stays so once a commit has freed some of them.
+        let faults = check(&meta, &data);
+        assert!(
+            faults.is_empty(),
+            "cycle {cycle}, merged trees not freed yet: {faults:#?}"
+        );
+        if s.background().await.unwrap() {
+            let faults = check(&meta, &data);
+            assert!(
+                faults.is_empty(),
+                "cycle {cycle}, merged trees partly freed: {faults:#?}"
+            );
+        }
         while s.background().await.unwrap() {}
 
         let sb = s.stable_super();
