@@ -550,9 +550,13 @@ impl<'a> Checker<'a> {
                 _ => {}
             },
         );
+        // A completion waiting for its splice (the mounts left before
+        // asking for more merge work): its subtree is in use, and what its
+        // merge freed is fs_root's until the splice.
         for (ip, comp) in completes {
             self.alloc_list(&format!("{ip}.meta_avail"), &comp.meta_avail);
-            self.alloc_list(&format!("{ip}.meta_freed"), &comp.meta_freed);
+            self.completion_tree(&format!("{ip}.root"), &comp.root);
+            self.pending_freed_list(&format!("{ip}.meta_freed"), &comp.meta_freed);
         }
         // A merged tree the server had not finished freeing when it
         // stopped (the next server goes on): its blocks from the item's
