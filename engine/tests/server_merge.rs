@@ -10,7 +10,8 @@
 //! merge work: GET_LOG_MERGE → `merge::client::merge_request` → write →
 //! COMMIT_LOG_MERGE until ENOENT (with tiny merge limits on odd cycles, so
 //! completions REMAIN and ranges are put back and resumed). Then the
-//! background freeing runs to the end.
+//! background freeing runs to the end; the check is clean before it and
+//! after its first step too (merged trees waiting to be freed are in use).
 //!
 //! After every cycle: `fs_root` holds exactly what the mounts wrote (a
 //! model map, newest write wins, tombstones delete), no finalized tree and
@@ -200,7 +201,7 @@ async fn merge_until_done(
     mounts: &[Mount],
     limits: &MergeLimits,
     stats: &mut MergeStats,
-    view: &View,
+    view: &View<'_>,
 ) {
     let mut replayed = false;
     for _ in 0..10_000 {
@@ -224,6 +225,15 @@ async fn merge_until_done(
                 .await
                 .unwrap();
             if !replayed {
+                // The completion waits for its splice (the next
+                // GET_LOG_MERGE): a volume left like this is consistent,
+                // its subtree in use and the blocks it COWed away still
+                // fs_root's.
+                let faults = check(view.meta, view.data);
+                assert!(
+                    faults.is_empty(),
+                    "a completion waiting for its splice: {faults:#?}"
+                );
                 // A resent completion is acknowledged and changes nothing.
                 let before = s.stable_super();
                 m.call(s, Cmd::CommitLogMerge, comp.as_bytes())
@@ -252,11 +262,13 @@ async fn merge_until_done(
 }
 
 /// Reads the stable super's trees through a fresh cache.
-struct View {
+struct View<'a> {
     btree: Btree,
+    meta: &'a FaultDevice,
+    data: &'a FaultDevice,
 }
 
-impl View {
+impl View<'_> {
     async fn log_trees(&self, sb: &SuperBlock) -> Vec<LogTrees> {
         let (s, e) = (
             engine::format::items::log_trees_key(0, 0),
@@ -326,6 +338,8 @@ async fn merge_cycles(rt: Runtime, seed: u64) {
     }
     let view = View {
         btree: Btree::new(cache(&meta, &s, &rt)),
+        meta: &meta,
+        data: &data,
     };
     let mut model: BTreeMap<Key, Option<Vec<u8>>> = BTreeMap::new();
     let mut stats = MergeStats::default();
@@ -394,6 +408,21 @@ async fn merge_cycles(rt: Runtime, seed: u64) {
             }
         }
         assert!(drained, "cycle {cycle}: log trees still hold items");
+        // The merged trees wait to be freed: a volume left like this (the
+        // server stopped) is consistent, their blocks still in use, and
+        // stays so once a commit has freed some of them.
+        let faults = check(&meta, &data);
+        assert!(
+            faults.is_empty(),
+            "cycle {cycle}, merged trees not freed yet: {faults:#?}"
+        );
+        if s.background().await.unwrap() {
+            let faults = check(&meta, &data);
+            assert!(
+                faults.is_empty(),
+                "cycle {cycle}, merged trees partly freed: {faults:#?}"
+            );
+        }
         while s.background().await.unwrap() {}
 
         let sb = s.stable_super();

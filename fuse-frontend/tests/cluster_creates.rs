@@ -119,7 +119,14 @@ fn creates_over_three_mounts_are_merged_and_seen_everywhere() {
         d.unmount();
     }
     let faults = v.check();
-    assert!(faults.is_empty(), "check: {faults:?}");
+    if !faults.is_empty() {
+        // Keep the images for whoever debugs it (tmpfs: remove them after).
+        let kept = v.dir.keep();
+        panic!(
+            "check found faults (images kept in {}): {faults:#?}",
+            kept.display()
+        );
+    }
     let (fs_items, log_trees) = tree_items(&v.meta);
     eprintln!(
         "{} creates: {fs_items} items merged into the fs root, {log_trees} log trees left",

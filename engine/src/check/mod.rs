@@ -34,7 +34,7 @@ use zerocopy::{FromBytes, Immutable, KnownLayout};
 
 use crate::format::block::check_fixed_block;
 use crate::format::key::{srch_type, zone, Key};
-use crate::format::log_trees::{LogMergeComplete, LogTrees};
+use crate::format::log_trees::{LogMergeComplete, LogMergeFreeing, LogTrees};
 use crate::format::quorum::QuorumBlock;
 use crate::format::srch::{SrchCompact, SrchFile, SRCH_COMPACT_FLAG_DELETE};
 use crate::format::superblock::{self, SuperBlock, SUPER_FLAG_META_BDEV};
@@ -526,25 +526,46 @@ impl<'a> Checker<'a> {
             },
         );
         let mut completes = Vec::new();
+        let mut freeing = Vec::new();
         self.btree(
             "super.log_merge",
             &sb.log_merge,
-            &mut |c, ip, k, _, _, v| {
-                if k.zone == zone::LOG_MERGE_COMPLETE {
-                    match exact::<LogMergeComplete>(v) {
-                        Some(comp) => completes.push((ip.to_string(), comp)),
-                        None => c.fault(
-                            FaultKind::Item,
-                            ip,
-                            format!("log merge complete with a {} byte value", v.len()),
-                        ),
-                    }
-                }
+            &mut |c, ip, k, _, _, v| match k.zone {
+                zone::LOG_MERGE_COMPLETE => match exact::<LogMergeComplete>(v) {
+                    Some(comp) => completes.push((ip.to_string(), comp)),
+                    None => c.fault(
+                        FaultKind::Item,
+                        ip,
+                        format!("log merge complete with a {} byte value", v.len()),
+                    ),
+                },
+                zone::LOG_MERGE_FREEING => match exact::<LogMergeFreeing>(v) {
+                    Some(fr) => freeing.push((ip.to_string(), fr)),
+                    None => c.fault(
+                        FaultKind::Item,
+                        ip,
+                        format!("log merge freeing with a {} byte value", v.len()),
+                    ),
+                },
+                _ => {}
             },
         );
+        // A completion waiting for its splice (the mounts left before
+        // asking for more merge work): its subtree is in use, and what its
+        // merge freed is fs_root's until the splice.
         for (ip, comp) in completes {
             self.alloc_list(&format!("{ip}.meta_avail"), &comp.meta_avail);
-            self.alloc_list(&format!("{ip}.meta_freed"), &comp.meta_freed);
+            self.completion_tree(&format!("{ip}.root"), &comp.root);
+            self.pending_freed_list(&format!("{ip}.meta_freed"), &comp.meta_freed);
+        }
+        // A merged tree the server had not finished freeing when it
+        // stopped (the next server goes on): its blocks from the item's
+        // key on are still allocated.
+        for (ip, fr) in freeing {
+            match Key::from_disk(&fr.key) {
+                Ok(from) => self.freeing_tree(&format!("{ip}.root"), &fr.root, &from),
+                Err(e) => self.fault(FaultKind::Item, ip, format!("freeing key: {e}")),
+            }
         }
     }
 

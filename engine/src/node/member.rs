@@ -38,6 +38,9 @@ use crate::server::{read_super, Server, ServerOptions};
 /// server before they are fenced.
 pub const CLIENT_RECOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How often a node's server looks for merged log trees left to free.
+pub const FREEING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where a node's log lines go.
 pub type NodeLog = Arc<dyn Fn(LogLevel, &str) + Send + Sync>;
 
@@ -191,6 +194,9 @@ impl Host {
                 self.rt
                     .spawn(self.clone().recover(term, recovering, gone))
                     .detach();
+                self.rt
+                    .spawn(free_merged(self.me.clone(), term, self.rt.clone()))
+                    .detach();
             }
             Err(e) => {
                 (self.log)(
@@ -204,7 +210,37 @@ impl Host {
     }
 }
 
+/// Frees merged log trees while this node serves `term` (§2.4, the
+/// original's log merge free work): each commit frees a bounded piece, and
+/// without this only commits that mounts cause would, so a merge finished
+/// while the mounts are idle or leaving would keep its input trees' blocks.
+async fn free_merged(host: std::sync::Weak<Host>, term: u64, rt: Runtime) {
+    loop {
+        rt.sleep(FREEING_INTERVAL).await;
+        loop {
+            // Looked up each time: a stopped server must not commit again.
+            let Some(server) = host.upgrade().and_then(|h| h.serving(term)) else {
+                return;
+            };
+            match server.background().await {
+                Ok(true) => {}
+                Ok(false) => break,
+                // The server stopped: its commits failed.
+                Err(_) => return,
+            }
+        }
+    }
+}
+
 impl Host {
+    /// The server of `term` while it runs here.
+    fn serving(&self, term: u64) -> Option<Arc<Server>> {
+        self.lock()
+            .as_ref()
+            .filter(|r| r.term == term)
+            .map(|r| r.server.clone())
+    }
+
     /// Server startup's client recovery (§5.4): every mount recorded in the
     /// super must reconnect within [`CLIENT_RECOVERY_TIMEOUT`]; mounts
     /// known to be gone (earlier leaders just fenced, rids that died on

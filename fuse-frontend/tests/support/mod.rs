@@ -322,7 +322,64 @@ pub fn umount(dir: &Path) {
         .arg(dir)
         .status()
         .expect("run umount");
-    assert!(st.success(), "umount {} failed: {st}", dir.display());
+    if !st.success() {
+        panic!(
+            "umount {} failed: {st}\n{}",
+            dir.display(),
+            mount_users(dir)
+        );
+    }
+}
+
+/// What may keep the mount on `dir` busy, for a failed unmount: every
+/// process with a descriptor, working directory, root or mapping there,
+/// and every task waiting for a FUSE answer (a system call in progress
+/// holds the mount too). Reads /proc only, never the mount.
+pub fn mount_users(dir: &Path) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let inside = |p: &Path| p.starts_with(dir);
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let mut hits = Vec::new();
+        for link in ["cwd", "root"] {
+            if let Ok(t) = std::fs::read_link(format!("/proc/{pid}/{link}")) {
+                if inside(&t) {
+                    hits.push(format!("{link} {}", t.display()));
+                }
+            }
+        }
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(t) = std::fs::read_link(fd.path()) {
+                if inside(&t) {
+                    hits.push(format!(
+                        "fd {} {}",
+                        fd.file_name().to_string_lossy(),
+                        t.display()
+                    ));
+                }
+            }
+        }
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let want = dir.to_string_lossy();
+        hits.extend(
+            maps.lines()
+                .filter(|l| l.contains(want.as_ref()))
+                .map(|l| format!("map {l}")),
+        );
+        for h in hits {
+            let _ = writeln!(out, "-- pid {pid} ({}): {h}", comm.trim());
+        }
+    }
+    watchdog::stuck_tasks(&mut out);
+    out
 }
 
 /// A test tool: `$env` if set, else `name` in PATH, else

@@ -225,7 +225,7 @@ fn read_trim(p: &Path) -> String {
 /// Every thread in D state on the machine, and every thread waiting for
 /// a FUSE answer (the kernel waits interruptibly first, state S), with
 /// its kernel stack.
-fn stuck_tasks(out: &mut String) {
+pub fn stuck_tasks(out: &mut String) {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return;
     };
