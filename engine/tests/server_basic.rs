@@ -309,3 +309,34 @@ fn server_reopen_continues_from_the_committed_super() {
         assert_clean(&meta, &data, "after reopen");
     });
 }
+
+/// A shut-down server writes nothing more: a newer leader reads the super
+/// once this one is reported stopped, and a late write would undo what
+/// that leader acknowledged. Requests fail, not a byte of the metadata
+/// device changes, and the volume stays clean.
+#[test]
+fn a_shut_down_server_writes_nothing() {
+    for_each_runtime(1, |rt| async move {
+        let (meta, data) = mkfs(META, 8 * GIB, 6);
+        let s = open(&meta, &data, &rt).await;
+        let mut c = Client::new(&s, &meta, &rt, 1);
+        c.greet().await.unwrap();
+        let before = state(&s);
+        let written = meta.written_digest();
+        s.shut_down().await;
+        assert!(c.get_log_trees().await.is_err(), "handled after shut down");
+        assert!(
+            s.handle(1, Cmd::AllocInodes, &10u64.to_le_bytes())
+                .await
+                .is_err(),
+            "inode numbers handed out after shut down"
+        );
+        assert_eq!(state(&s).as_bytes(), before.as_bytes());
+        assert_eq!(
+            meta.written_digest(),
+            written,
+            "the metadata device was written after the shut down"
+        );
+        assert_clean(&meta, &data, "after the shut down");
+    });
+}

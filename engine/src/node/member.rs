@@ -374,11 +374,23 @@ impl QuorumHost for Host {
 
     fn stop_server(&self, term: u64) {
         let stopped = self.lock().take_if(|r| r.term == term);
-        drop(stopped);
         // Requests die with the server (a new leader asks again); a start
         // still waiting on its fences gets ECANCELED.
         self.fencer.clear();
-        self.reports.send(Report::ServerStopped { term, err: None });
+        let reports = self.reports.clone();
+        self.rt
+            .spawn(async move {
+                // STOP goes into our quorum block once this is reported:
+                // by then the server must be unable to write, or a newer
+                // leader that trusted the STOP could lose commits to a
+                // late super write of ours.
+                if let Some(r) = stopped {
+                    r.server.shut_down().await;
+                    drop(r);
+                }
+                reports.send(Report::ServerStopped { term, err: None });
+            })
+            .detach();
     }
 
     fn failed(&self, error: AgentError) {

@@ -358,6 +358,21 @@ impl Server {
         self.stopped.load(Ordering::Acquire)
     }
 
+    /// Stops this server for good: once this returns no request is
+    /// handled and nothing is written to the metadata device again (a
+    /// commit under way finishes first). Only then may the node report the
+    /// server stopped: a newer leader reads the super when it starts, and
+    /// a late super or block write from this one would undo commits that
+    /// leader acknowledged, or overwrite blocks it allocated.
+    pub async fn shut_down(&self) {
+        let _ =
+            self.stopped
+                .compare_exchange(0, libc::ESHUTDOWN, Ordering::AcqRel, Ordering::Acquire);
+        // Every commit runs under the state lock: once we hold it, none is
+        // under way, and each later one sees `stopped` before it writes.
+        drop(self.state.lock().await);
+    }
+
     /// Runs one request from mount `rid` to completion. The reply is the
     /// payload of the link table in [`crate::link`], or an errno.
     pub async fn handle(&self, rid: u64, cmd: Cmd, payload: &[u8]) -> CallResult {
@@ -586,6 +601,11 @@ impl Server {
     /// The commit sequence of §5.4: maintain the idle server lists, write
     /// every dirty block, flush, write the super, flush, publish, swap.
     async fn commit(&self, st: &mut State) -> Result<()> {
+        if self.stopped() != 0 {
+            // Shut down (a newer leader may own the device now) or failed:
+            // not a block more.
+            return Err(Error::Io("the server has stopped".into()));
+        }
         let cur = st.cur;
         let other = 1 - cur;
         let nr_clients = self.nr_clients(&st.sb).await?;
