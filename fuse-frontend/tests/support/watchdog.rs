@@ -379,6 +379,16 @@ fn fire(name: &str, what: &str, conns: &BTreeSet<u32>, pids: &BTreeSet<u32>) -> 
         daemon_stacks(&mut out, pid);
         status_tree(&mut out, pid);
     }
+    // Without fusectl there is nothing to abort through (a machine that
+    // never mounted it, or one where it was unmounted): mount it.
+    if !Path::new("/sys/fs/fuse/connections")
+        .read_dir()
+        .is_ok_and(|mut d| d.next().is_some())
+    {
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "fusectl", "fusectl", "/sys/fs/fuse/connections"])
+            .status();
+    }
     for c in conns {
         let abort = Path::new("/sys/fs/fuse/connections")
             .join(c.to_string())
