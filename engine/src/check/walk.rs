@@ -147,41 +147,7 @@ impl<'a> Checker<'a> {
     /// Its merge COWed only the paths it changed: the other blocks are
     /// still `fs_root`'s, already recorded, and are not walked again.
     pub(super) fn completion_tree(&mut self, path: &str, root: &BtreeRoot) {
-        self.tick(path);
-        if root.height == 0 || root.ref_.is_null() {
-            return;
-        }
-        if root.height > BTREE_MAX_HEIGHT {
-            let msg = format!("height {} exceeds {BTREE_MAX_HEIGHT}", root.height);
-            return self.fault(FaultKind::Structure, path, msg);
-        }
-        self.completion_block(path, &root.ref_, root.height - 1);
-    }
-
-    fn completion_block(&mut self, path: &str, r: &BlockRef, level: u8) {
-        if self.refd.contains_key(&r.blkno.get()) {
-            return;
-        }
-        let Some(blk) = self.read_ref(path, r, MAGIC_BTREE) else {
-            return;
-        };
-        if level == 0 {
-            return;
-        }
-        let at = format!("{path} -> blkno {} (level {level})", r.blkno.get());
-        let view = match BlockView::new(&blk) {
-            Ok(v) => v,
-            Err(e) => return self.fault(FaultKind::Structure, at, e.to_string()),
-        };
-        if view.level() != level {
-            let msg = format!("block has level {}", view.level());
-            return self.fault(FaultKind::Structure, at, msg);
-        }
-        for i in 0..view.len() {
-            if let Some(child) = exact::<BlockRef>(view.value(i)) {
-                self.completion_block(&format!("{at} item {i}"), &child, level - 1);
-            }
-        }
+        self.unread_tree(path, root, None);
     }
 
     /// Records the blocks of a merged tree that `free_blocks` has not
@@ -190,6 +156,14 @@ impl<'a> Checker<'a> {
     /// the blocks left are those whose parent key is at least `from` (the
     /// root always). Their items are not checked: nothing reads them.
     pub(super) fn freeing_tree(&mut self, path: &str, root: &BtreeRoot, from: &Key) {
+        self.unread_tree(path, root, Some(from));
+    }
+
+    /// Records the blocks of a tree whose items nothing reads: a
+    /// completion's subtree (`from` None: blocks already recorded are
+    /// `fs_root`'s and end the descent) or a tree being freed (only the
+    /// parents keyed at or past `from`).
+    fn unread_tree(&mut self, path: &str, root: &BtreeRoot, from: Option<&Key>) {
         self.tick(path);
         if root.height == 0 || root.ref_.is_null() {
             return;
@@ -198,10 +172,13 @@ impl<'a> Checker<'a> {
             let msg = format!("height {} exceeds {BTREE_MAX_HEIGHT}", root.height);
             return self.fault(FaultKind::Structure, path, msg);
         }
-        self.freeing_block(path, &root.ref_, root.height - 1, from);
+        self.unread_block(path, &root.ref_, root.height - 1, from);
     }
 
-    fn freeing_block(&mut self, path: &str, r: &BlockRef, level: u8, from: &Key) {
+    fn unread_block(&mut self, path: &str, r: &BlockRef, level: u8, from: Option<&Key>) {
+        if from.is_none() && self.refd.contains_key(&r.blkno.get()) {
+            return;
+        }
         let Some(blk) = self.read_ref(path, r, MAGIC_BTREE) else {
             return;
         };
@@ -218,11 +195,11 @@ impl<'a> Checker<'a> {
             return self.fault(FaultKind::Structure, at, msg);
         }
         for i in 0..view.len() {
-            if view.key(i) < *from {
+            if from.is_some_and(|f| view.key(i) < *f) {
                 continue;
             }
             if let Some(child) = exact::<BlockRef>(view.value(i)) {
-                self.freeing_block(&format!("{at} item {i}"), &child, level - 1, from);
+                self.unread_block(&format!("{at} item {i}"), &child, level - 1, from);
             }
         }
     }
